@@ -1,0 +1,479 @@
+"""Build context, names and `branchflow context`, on real temporary git repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from branchflow.cli import main
+from branchflow.config import Settings, load_settings
+from branchflow.context import Context, names_for, resolve_context, slugify
+from branchflow.errors import BranchflowError
+
+EVIL = "x; rm -rf / $(touch pwned) `id`"
+BRANCHES = [
+    "main",
+    "feature/Foo-Bar",
+    "dependabot/pip/torch-2.13.0",
+    "user/ünïcode",
+    "b" * 300,
+    "Feature",
+    "feature",
+    "a/b",
+    "a-b",
+    EVIL,
+]
+# The external rules quoted in branchflow/context.py.
+AZURE_MODEL = re.compile(r"^(?![\-_.])[a-zA-Z0-9\-_.]{1,255}(?<!\.)$")
+AZURE_EXPERIMENT = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,255}")
+AZURE_COMPONENT = re.compile(r"[a-z][a-z0-9_]{0,254}")
+SETTINGS = Settings(base_name="demo", production_model="demo_production")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide the CI variables of whoever runs the tests, and their git configuration."""
+    for key in list(os.environ):
+        if key.startswith(("BRANCHFLOW_", "GITHUB_", "BUILD_", "CI_", "GIT_")) or key in {
+            "CI",
+            "TF_BUILD",
+        }:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository on `main` with one commit and a minimal pyproject.toml."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "Demo.Project"\n')
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+def context_for(branch: str, build_id: str | None = None) -> Context:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    return Context(
+        branch, slugify(branch), sha, sha[:7], False, "local", None, build_id, None, False
+    )
+
+
+# --- resolving the context -------------------------------------------------------------------
+
+
+def test_local_checkout(repo: Path) -> None:
+    context = resolve_context(repo, {})
+    head = git(repo, "rev-parse", "HEAD")
+    assert (context.branch, context.branch_slug, context.commit) == ("main", "main", head)
+    assert context.short_commit == head[:7]
+    assert (context.run_type, context.dirty, context.detached) == ("local", False, False)
+    assert (context.pr_number, context.build_id, context.run_url) == (None, None, None)
+
+
+def test_git_branch_and_dirty_state(repo: Path) -> None:
+    git(repo, "checkout", "-q", "-b", "feature/Foo-Bar")
+    (repo / "pyproject.toml").write_text('[project]\nname = "changed"\n')
+    context = resolve_context(repo, {})
+    assert context.branch == "feature/Foo-Bar"
+    assert context.dirty is True
+
+
+def test_untracked_file_makes_dirty(repo: Path) -> None:
+    (repo / "new.py").write_text("")
+    assert resolve_context(repo, {}).dirty is True
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"BRANCHFLOW_BRANCH": "override", "GITHUB_HEAD_REF": "head"}, "override"),
+        ({"GITHUB_HEAD_REF": "head", "GITHUB_REF_NAME": "7/merge"}, "head"),
+        ({"GITHUB_HEAD_REF": "", "GITHUB_REF_NAME": "dev"}, "dev"),
+        ({"GITHUB_REF": "refs/pull/7/merge", "GITHUB_REF_NAME": "7/merge"}, "main"),
+        ({"GITHUB_REF_NAME": "gh", "BUILD_SOURCEBRANCHNAME": "ado"}, "gh"),
+        ({"BUILD_SOURCEBRANCH": "refs/heads/fix/x", "BUILD_SOURCEBRANCHNAME": "x"}, "fix/x"),
+        ({"BUILD_SOURCEBRANCHNAME": "ado", "CI_COMMIT_REF_NAME": "gitlab"}, "ado"),
+        ({"CI_COMMIT_REF_NAME": "gitlab"}, "gitlab"),
+        ({"BRANCHFLOW_BRANCH": ""}, "main"),
+    ],
+)
+def test_branch_precedence(repo: Path, env: dict[str, str], expected: str) -> None:
+    assert resolve_context(repo, env).branch == expected
+
+
+def test_detached_head_uses_short_commit(repo: Path) -> None:
+    git(repo, "checkout", "-q", "--detach")
+    context = resolve_context(repo, {})
+    assert context.detached is True
+    assert context.branch == context.short_commit == git(repo, "rev-parse", "--short=7", "HEAD")
+
+
+def test_pull_request_build_on_detached_merge_commit(repo: Path) -> None:
+    git(repo, "checkout", "-q", "--detach")
+    env = {
+        "GITHUB_EVENT_NAME": "pull_request",
+        "GITHUB_REF": "refs/pull/42/merge",
+        "GITHUB_REF_NAME": "42/merge",
+        "GITHUB_HEAD_REF": "feature/x",
+        "GITHUB_SHA": "f" * 40,
+        "GITHUB_ACTIONS": "true",
+    }
+    context = resolve_context(repo, env)
+    assert (context.branch, context.run_type, context.pr_number) == ("feature/x", "pr", 42)
+    assert context.detached is True
+    assert context.commit == git(repo, "rev-parse", "HEAD")
+
+
+def test_pr_number_from_event_payload(repo: Path, tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 9}}))
+    env = {
+        "GITHUB_EVENT_NAME": "pull_request_target",
+        "GITHUB_EVENT_PATH": str(event),
+        "GITHUB_REF": "refs/heads/main",
+    }
+    context = resolve_context(repo, env)
+    assert (context.run_type, context.pr_number) == ("pr", 9)
+
+
+def test_explicit_pr_and_commit(repo: Path) -> None:
+    sha = "ABCDEF0123456789ABCDEF0123456789ABCDEF01"
+    context = resolve_context(repo, {"BRANCHFLOW_PR": "5", "BRANCHFLOW_COMMIT": sha})
+    assert (context.run_type, context.pr_number) == ("pr", 5)
+    assert (context.commit, context.short_commit) == (sha.lower(), "abcdef0")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BRANCHFLOW_PR": "abc"}, "BRANCHFLOW_PR"),
+        ({"BRANCHFLOW_COMMIT": "abc123"}, "BRANCHFLOW_COMMIT"),
+    ],
+)
+def test_bad_overrides_are_errors(repo: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(BranchflowError, match=message):
+        resolve_context(repo, env)
+
+
+@pytest.mark.parametrize(
+    ("branch", "ci", "expected"),
+    [
+        ("main", {"CI": "true"}, "main"),
+        ("dev", {"GITHUB_ACTIONS": "true"}, "dev"),
+        ("dev", {"TF_BUILD": "True"}, "dev"),
+        ("main", {}, "local"),
+        ("feature", {"CI": "true"}, "local"),
+    ],
+)
+def test_run_type(repo: Path, branch: str, ci: dict[str, str], expected: str) -> None:
+    assert resolve_context(repo, {"BRANCHFLOW_BRANCH": branch, **ci}).run_type == expected
+
+
+def test_run_type_follows_configured_branches(repo: Path) -> None:
+    (repo / "pyproject.toml").write_text('[tool.branchflow]\nmain_branch = "trunk"\n')
+    env = {"CI": "true", "BRANCHFLOW_BRANCH": "trunk"}
+    assert resolve_context(repo, env).run_type == "main"
+    assert resolve_context(repo, {**env, "BRANCHFLOW_BRANCH": "main"}).run_type == "local"
+
+
+@pytest.mark.parametrize(
+    ("env", "build_id"),
+    [
+        ({"GITHUB_RUN_ID": "100", "GITHUB_RUN_ATTEMPT": "1"}, "100"),
+        ({"GITHUB_RUN_ID": "100", "GITHUB_RUN_ATTEMPT": "3"}, "100-3"),
+        ({"BUILD_BUILDID": "77"}, "77"),
+    ],
+)
+def test_build_id(repo: Path, env: dict[str, str], build_id: str) -> None:
+    assert resolve_context(repo, env).build_id == build_id
+
+
+def test_run_url(repo: Path) -> None:
+    env = {
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "org/repo",
+        "GITHUB_RUN_ID": "100",
+    }
+    assert resolve_context(repo, env).run_url == "https://github.com/org/repo/actions/runs/100"
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    with pytest.raises(BranchflowError, match="not a git repository"):
+        resolve_context(tmp_path, {})
+
+
+def test_repository_without_commits(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    with pytest.raises(BranchflowError, match="no commits yet"):
+        resolve_context(tmp_path, {})
+
+
+def test_unicode_branch_from_git(repo: Path) -> None:
+    git(repo, "checkout", "-q", "-b", "user/ünïcode")
+    context = resolve_context(repo, {})
+    assert context.branch == "user/ünïcode"
+    assert context.branch_slug.startswith("user-n-code--")
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def test_names_for_plain_branch() -> None:
+    names = names_for(context_for("main"), SETTINGS)
+    assert names.experiment == names.pipeline == "training_demo_main"
+    assert names.model == "model_demo_main"
+    assert names.production_model == "demo_production"
+    assert names.run_name == "training_demo_main_0123456"
+    assert names_for(context_for("main", "100-2"), SETTINGS).run_name == "training_demo_main_100-2"
+
+
+def test_names_follow_pattern_and_pipeline_type() -> None:
+    settings = Settings("demo", "prod", name_pattern="{base}-{branch}-{pipeline_type}")
+    names = names_for(context_for("dev"), settings, pipeline_type="scoring")
+    assert (names.experiment, names.model) == ("demo-dev-scoring", "demo-dev-model")
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_names_are_valid_everywhere(branch: str) -> None:
+    names = names_for(context_for(branch, "100"), SETTINGS)
+    for name in (names.experiment, names.model, names.run_name, slugify(branch)):
+        assert AZURE_MODEL.fullmatch(name), name
+        assert AZURE_EXPERIMENT.fullmatch(name), name
+        assert name == name.lower() and len(name) <= 128
+        assert "/" not in name and ":" not in name and "%" not in name
+    assert AZURE_COMPONENT.fullmatch(names.pipeline), names.pipeline
+
+
+def test_names_pass_mlflow_validation() -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.store.model_registry.file_store import _validate_model_name
+    from mlflow.utils.validation import _validate_experiment_name
+
+    for branch in BRANCHES:
+        names = names_for(context_for(branch), SETTINGS)
+        _validate_experiment_name(names.experiment)
+        _validate_model_name(names.model)
+    with pytest.raises(Exception, match="model name"):
+        _validate_model_name("a/b")  # the validator is live, not a no-op
+
+
+def test_lossy_names_carry_a_hash_and_keep_it_when_truncated() -> None:
+    assert slugify("feature/Foo-Bar") == "feature-foo-bar--" + _sha("feature/Foo-Bar")
+    long = slugify("b" * 300)
+    assert len(long) == 128
+    assert long.endswith("--" + _sha("b" * 300))
+    assert slugify("a/b", component=True) == "a_b__" + _sha("a/b")
+    assert slugify("1-emoji-🙂").startswith("1-emoji--")
+    assert slugify("🙂").startswith("n--")
+
+
+def test_names_never_collide() -> None:
+    names = [names_for(context_for(branch), SETTINGS) for branch in BRANCHES]
+    for field in ("experiment", "pipeline", "model", "run_name"):
+        values = [getattr(n, field) for n in names]
+        assert len(set(values)) == len(BRANCHES), field
+    slugs = [slugify(branch) for branch in [*BRANCHES, "a--b", "a-b--" + _sha("a/b")[:10]]]
+    assert len(set(slugs)) == len(slugs)
+
+
+def test_names_are_stable_across_processes() -> None:
+    code = (
+        "import json, sys; from branchflow.context import slugify; "
+        "print(json.dumps([slugify(b) for b in json.loads(sys.argv[1])]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(BRANCHES)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "random"},
+    ).stdout
+    assert json.loads(out) == [slugify(branch) for branch in BRANCHES]
+
+
+def _sha(raw: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw.encode()).hexdigest()[:10]
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_settings_defaults_without_pyproject(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path)
+    assert settings.base_name == tmp_path.name
+    assert settings.production_model == f"{tmp_path.name}_production"
+    assert (settings.name_pattern, settings.dev_branch, settings.main_branch) == (
+        "{pipeline_type}_{base}_{branch}",
+        "dev",
+        "main",
+    )
+
+
+def test_settings_base_from_project_name(repo: Path) -> None:
+    assert load_settings(repo).base_name == "demo-project"
+
+
+def test_settings_from_table(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.branchflow]\nbase_name = "px"\nproduction_model = "px_live"\n'
+        'name_pattern = "{base}_{branch}"\ndev_branch = "develop"\n'
+    )
+    settings = load_settings(tmp_path)
+    assert (settings.base_name, settings.production_model) == ("px", "px_live")
+    assert (settings.name_pattern, settings.dev_branch) == ("{base}_{branch}", "develop")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('base-name = "x"', r"unknown key 'base-name'.*did you mean 'base_name'"),
+        ('colour = "x"', r"unknown key 'colour'.*known keys: base_name"),
+        ("dev_branch = 3", r"dev_branch must be a non-empty string"),
+        ('name_pattern = "{base}"', r"name_pattern .* must use \{branch\}"),
+        ('name_pattern = "{branch}_{user}"', r"name_pattern"),
+        ('name_pattern = "{branch"', r"name_pattern"),
+    ],
+)
+def test_settings_errors_name_the_file_and_key(tmp_path: Path, table: str, message: str) -> None:
+    (tmp_path / "pyproject.toml").write_text(f"[tool.branchflow]\n{table}\n")
+    with pytest.raises(BranchflowError, match=message) as caught:
+        load_settings(tmp_path)
+    assert str(tmp_path / "pyproject.toml") in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.branchflow\n")
+    with pytest.raises(BranchflowError, match="invalid TOML"):
+        load_settings(tmp_path)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def invoke(repo: Path, monkeypatch: pytest.MonkeyPatch, *args: str, **env: str):
+    monkeypatch.chdir(repo)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return CliRunner().invoke(main, ["context", *args])
+
+
+def test_cli_json(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = invoke(repo, monkeypatch, "--pipeline-type", "scoring", GITHUB_RUN_ID="5")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["branch"] == "main" and data["build_id"] == "5"
+    assert data["names"]["experiment"] == "scoring_demo-project_main"
+    assert data["names"]["run_name"] == "scoring_demo-project_main_5"
+
+
+def test_cli_shell_output_is_quoted(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = invoke(repo, monkeypatch, "--format", "shell", BRANCHFLOW_BRANCH=EVIL)
+    assert result.exit_code == 0, result.output
+    lines = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert all(len(words) == 2 and words[0] == "export" for words in lines)
+    assert ["export", f"BRANCHFLOW_BRANCH={EVIL}"] in lines
+
+
+def test_cli_shell_output_is_safe_to_eval(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Same metacharacters as EVIL, but harmless should quoting ever break: never eval `rm`.
+    payload = "x; touch pwned $(touch pwned) `touch pwned` 'q\" \\"
+    result = invoke(repo, monkeypatch, "--format", "shell", BRANCHFLOW_BRANCH=payload)
+    assert result.exit_code == 0, result.output
+    script = result.stdout + 'printf %s "$BRANCHFLOW_BRANCH"'
+    shell = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert shell.stdout == payload
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_github_files(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file, output_file = tmp_path / "env", tmp_path / "output"
+    env_file.write_text("EXISTING=1\n")
+    result = invoke(
+        repo,
+        monkeypatch,
+        "--format",
+        "github",
+        GITHUB_ENV=str(env_file),
+        GITHUB_OUTPUT=str(output_file),
+        BRANCHFLOW_BRANCH="line1\nline2",
+    )
+    assert result.exit_code == 0, result.output
+    env_lines = env_file.read_text().splitlines()
+    assert env_lines[0] == "EXISTING=1"
+    assert "BRANCHFLOW_RUN_TYPE=local" in env_lines
+    start = next(i for i, line in enumerate(env_lines) if line.startswith("BRANCHFLOW_BRANCH<<"))
+    delimiter = env_lines[start].partition("<<")[2]
+    assert env_lines[start + 1 : start + 4] == ["line1", "line2", delimiter]
+    outputs = output_file.read_text().splitlines()
+    assert "run_type=local" in outputs
+    assert any(
+        line.startswith("experiment=training_demo-project_line1-line2--") for line in outputs
+    )
+
+
+def test_cli_github_requires_the_files(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result = invoke(repo, monkeypatch, "--format", "github", GITHUB_ENV=str(tmp_path / "env"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: $GITHUB_OUTPUT not set")
+
+
+def test_cli_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = invoke(tmp_path, monkeypatch)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and "not a git repository" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_real_subprocess(repo: Path, tmp_path: Path) -> None:
+    executable = shutil.which("branchflow")
+    assert executable, "branchflow is not installed on PATH"
+    result = subprocess.run(
+        [executable, "context", "--format", "json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BRANCHFLOW_BRANCH": EVIL},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["branch"] == EVIL
+    assert data["names"]["experiment"].startswith("training_demo-project_x-rm-rf-touch-pwned-id--")
+    assert not (repo / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_help_does_not_import_the_toolkit() -> None:
+    code = (
+        "import sys; from branchflow.cli import main; "
+        "assert not {'branchflow.context', 'mlflow', 'dvc'} & set(sys.modules), sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
