@@ -1,0 +1,124 @@
+"""Shared fixtures: real git + DVC repositories built from this checkout's working tree."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def sh(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command (no shell) in `cwd`, capturing text output."""
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, check=check, capture_output=True, text=True
+    )
+
+
+def project_files() -> list[str]:
+    """The files git would ship from this checkout: tracked plus untracked-not-ignored."""
+    listed = sh("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT)
+    return [f for f in listed.stdout.split("\0") if f and (ROOT / f).is_file()]
+
+
+def init_repo(path: Path) -> Path:
+    """Commit everything under `path` as `main` of a new git repository."""
+    sh("git", "init", "-q", "-b", "main", cwd=path)
+    sh("git", "config", "user.email", "tests@branchflow.invalid", cwd=path)
+    sh("git", "config", "user.name", "branchflow tests", cwd=path)
+    sh("git", "add", "-A", cwd=path)
+    sh("git", "commit", "-q", "-m", "project as in the working tree", cwd=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def project_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding this checkout's files, as a fresh clone would have them."""
+    dest = tmp_path_factory.mktemp("project") / "repo"
+    for name in project_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    return init_repo(dest)
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(project_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone of `project_repo` after `dvc pull data.dvc` and `dvc repro`. Do not modify it:
+    copy it with `copy_repo` first."""
+    dest = tmp_path_factory.mktemp("reproduced") / "repo"
+    sh("git", "clone", "-q", project_repo, dest, cwd=project_repo.parent)
+    sh("dvc", "pull", "-q", "data.dvc", cwd=dest)
+    sh("dvc", "repro", "-q", cwd=dest)
+    return dest
+
+
+@pytest.fixture
+def copy_repo(tmp_path: Path):
+    """Copy a repository (work tree, .git and DVC cache) somewhere this test may change it."""
+
+    def copy(source: Path) -> Path:
+        target = tmp_path / source.name
+        shutil.copytree(source, target, symlinks=True)
+        return target
+
+    return copy
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URI of a real `mlflow server` (sqlite, local artifacts), one per test session."""
+    home = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(home / "artifacts")]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with (home / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            command, cwd=home, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _healthy(uri):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{(home / 'server.log').read_text()}")
+            time.sleep(0.2)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
