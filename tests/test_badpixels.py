@@ -8,11 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from badpixels.features import CandidateRule, extract_patches, find_candidates, split_videos
+from badpixels.features import (
+    CLASSES,
+    CandidateRule,
+    extract_patches,
+    find_candidates,
+    split_videos,
+)
 from badpixels.model import Detector, PixelNet, predict_proba, save_model
 from badpixels.synth import SCALES, make_video, write_dataset
-from badpixels.train import TrainParams, train
+from badpixels.train import TrainParams, batches, train
 from badpixels.video import read_video, write_video
 
 SMALL = replace(SCALES["toy"], videos=3)
@@ -62,34 +69,48 @@ def test_split_is_by_video_stable_and_seeded() -> None:
     assert split_videos(ids, 0.25, seed=1) != test
 
 
+def feature_files(folder: Path, videos: int) -> list[Path]:
+    """Feature files as the features stage writes them, for `videos` fresh videos."""
+    folder.mkdir()
+    for index in range(videos):
+        frames, defects = make_video(index, SMALL, seed=5)
+        ys, xs = find_candidates(frames, RULE)
+        truth = np.zeros(frames.shape[1:], np.int8)
+        for x, y, kind in defects:
+            truth[y, x] = CLASSES.index(kind)
+        patches = extract_patches(frames, ys, xs, RULE.patch)
+        np.savez(folder / f"v{index}.npz", patches=patches, labels=truth[ys, xs])
+    return sorted(folder.glob("*.npz"))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """A briefly trained model and a video it has not seen."""
-    patches, labels = [], []
-    for index in range(4):
-        frames, defects = make_video(index, SMALL, seed=5)
-        ys, xs = find_candidates(frames, RULE)
-        truth = np.zeros(frames.shape[1:], np.int64)
-        for x, y, kind in defects:
-            truth[y, x] = ["hot", "dead", "stuck", "flicker"].index(kind) + 1
-        patches.append(extract_patches(frames, ys, xs, RULE.patch))
-        labels.append(truth[ys, xs])
+    files = feature_files(tmp_path_factory.mktemp("features") / "train", videos=4)
     params = TrainParams(epochs=2, batch_size=256, learning_rate=0.003, width=8, seed=0)
-    net = train(np.concatenate(patches), np.concatenate(labels), params, RULE.patch)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, net, RULE)
+    save_model(path, train(files, params, RULE.patch), RULE)
     return path, make_video(9, SMALL, seed=5)[0]
 
 
+def test_batches_have_one_shape_and_cover_each_sample_once(tmp_path: Path) -> None:
+    files = feature_files(tmp_path / "train", videos=10)  # more than one chunk of videos
+    labels = [np.load(f)["labels"] for f in files]
+    total = sum(len(y) for y in labels)
+    seen = list(batches(files, 64, torch.Generator().manual_seed(0)))
+    assert {x.shape[0] for x, _ in seen} == {64}
+    assert len(seen) == total // 64  # only the remainder under one batch is dropped
+    drawn = np.bincount(torch.cat([y for _, y in seen]).numpy(), minlength=len(CLASSES))
+    available = np.bincount(np.concatenate(labels), minlength=len(CLASSES))
+    assert (drawn <= available).all() and available.sum() - drawn.sum() < 64
+
+
 def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
-    frames, _ = make_video(0, SMALL, seed=5)
-    ys, xs = find_candidates(frames, RULE)
-    labels = np.zeros(len(ys), np.int64)
+    files = feature_files(tmp_path / "train", videos=2)
     params = TrainParams(epochs=1, batch_size=128, learning_rate=0.003, width=8, seed=0)
-    patches = extract_patches(frames, ys, xs, RULE.patch)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        save_model(tmp_path / name / "model.pt", train(patches, labels, params, 5), RULE)
+        save_model(tmp_path / name / "model.pt", train(files, params, RULE.patch), RULE)
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
 
 

@@ -87,4 +87,4 @@ def test_toy_set_round_trips_through_azure_blob(
         "Data and pipelines are up to date."
     )
     videos = sorted(p.name for p in (clone / "data/raw/toy/videos").iterdir())
-    assert len(videos) == 48
+    assert len(videos) == 64

@@ -21,6 +21,7 @@ from sklearn.metrics import (
     precision_recall_curve,
     precision_recall_fscore_support,
 )
+from tqdm import tqdm
 
 from badpixels.baseline import baseline_scores
 from badpixels.features import CLASSES, KINDS
@@ -63,7 +64,10 @@ def predict_videos(model: Path, features: Path, frames: Path, threshold: float) 
     files = sorted((features / "test").glob("*.npz"))
     if not files:
         raise StageError(f"{features}/test: no held-out videos; run `dvc repro features`")
-    maps = [predict_video(net, file, frames, threshold) for file in files]
+    maps = [
+        predict_video(net, file, frames, threshold)
+        for file in tqdm(files, desc="evaluate", disable=None)
+    ]
     flat = [np.concatenate([m[i].ravel() for m in maps]) for i in range(5)]
     first = np.load(frames / f"{files[0].stem}.npy")[0]
     return Predictions(*flat, sample=(first, maps[0][0], maps[0][1]))

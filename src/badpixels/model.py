@@ -86,13 +86,16 @@ def load_model(path: Path) -> tuple[PixelNet, CandidateRule]:
 
 
 @torch.no_grad()
-def predict_proba(net: PixelNet, patches: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Class probabilities (N, classes) for raw uint8 patches."""
-    chunks = [
-        torch.softmax(net(torch.from_numpy(patches[i : i + batch])), dim=1)
-        for i in range(0, len(patches), batch)
-    ]
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(CLASSES)), np.float32)
+def predict_proba(net: PixelNet, patches: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Class probabilities (N, classes) for raw uint8 patches.
+
+    Every batch has the same shape (the last is padded): on the CPU, each new input shape
+    makes the allocator keep more memory, so varying shapes grow the RSS video by video.
+    """
+    padded = np.zeros((-len(patches) % batch, *patches.shape[1:]), patches.dtype)
+    inputs = torch.from_numpy(np.concatenate([patches, padded]))
+    chunks = [torch.softmax(net(part), dim=1) for part in inputs.split(batch)]
+    return torch.cat(chunks)[: len(patches)].numpy() if chunks else np.zeros((0, len(CLASSES)))
 
 
 class Detector:

@@ -103,8 +103,10 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: s
     items = list(items)
     if workers <= 1:
         return list(tqdm(map(fn, items), total=len(items), desc=desc, disable=None))
+    chunks = max(1, len(items) // (workers * 8))  # few round trips, yet balanced
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=None))
+        results = pool.map(fn, items, chunksize=chunks)
+        return list(tqdm(results, total=len(items), desc=desc, disable=None))
 
 
 def run(main: Callable[[], None]) -> None:

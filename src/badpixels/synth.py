@@ -52,7 +52,7 @@ class Scale:
 
 
 SCALES = {
-    "toy": Scale(videos=48, frames=24, height=64, width=64, defects=(8, 16)),
+    "toy": Scale(videos=64, frames=24, height=64, width=64, defects=(8, 16)),
     "full": Scale(videos=480, frames=32, height=128, width=128, defects=(24, 48)),
 }
 
@@ -74,8 +74,11 @@ def camera_pan(photo: np.ndarray, scale: Scale, rng: np.random.Generator) -> np.
     zoom1 = zoom0 * rng.uniform(0.85, 1.15)
     span = size * max(zoom0, zoom1)
     room = np.array(photo.shape) - span - 2
-    start = rng.uniform(0, room)
-    end = np.clip(start + rng.normal(0, 0.15, 2) * span, 0, room)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    shift = rng.uniform(0.2, 0.5) * span * np.array([np.sin(angle), np.cos(angle)])
+    shift = np.clip(shift, -room, room)  # a pan always moves, within the photo
+    start = rng.uniform(np.maximum(0.0, -shift), np.minimum(room, room - shift))
+    end = start + shift
     rows, cols = np.mgrid[0 : scale.height, 0 : scale.width].astype(np.float32)
     frames = []
     for t in np.linspace(0.0, 1.0, scale.frames):

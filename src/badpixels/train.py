@@ -1,6 +1,8 @@
 """Stage `train`: fit the patch CNN on the training videos' candidates.
 
-CPU by default, CUDA when present; seeded and deterministic on CPU.
+CPU by default, CUDA when present; seeded and deterministic on CPU. Under `torchrun` (or Azure
+ML's PyTorch distribution: WORLD_SIZE > 1) each process trains on its share of every batch with
+DDP (gloo on CPU, NCCL on GPU), and rank 0 alone writes the model.
 
     python -m badpixels.train data/processed/features models/model.pt
 """
@@ -8,12 +10,15 @@ CPU by default, CUDA when present; seeded and deterministic on CPU.
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import distributed, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from badpixels.features import read_rule
@@ -30,34 +35,94 @@ class TrainParams:
     seed: int
 
 
-def load_split(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All candidates' patches and labels of one split."""
+@dataclass(frozen=True)
+class Workers:
+    """This process among the distributed ones; rank 0 of 1 when run alone."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+
+def join_workers() -> Workers:
+    """Join the process group when torchrun (or Azure ML) started several processes."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return Workers()
+    distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Workers(distributed.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+CHUNK_VIDEOS = 8  # videos read at once: bounds memory; part of the shuffling, so of the result
+
+
+def feature_files(folder: Path) -> list[Path]:
+    """The feature files of one split, sorted."""
     files = sorted(folder.glob("*.npz"))
     if not files:
         raise StageError(f"{folder}: no feature files; run `dvc repro features` first")
+    return files
+
+
+def read_chunk(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches and labels of some videos, concatenated."""
     patches, labels = [], []
     for file in files:
         with np.load(file) as video:
             patches.append(video["patches"])
-            labels.append(video["labels"])
-    return np.concatenate(patches), np.concatenate(labels).astype(np.int64)
+            labels.append(video["labels"].astype(np.int64))
+    return torch.from_numpy(np.concatenate(patches)), torch.from_numpy(np.concatenate(labels))
 
 
-def train(patches: np.ndarray, labels: np.ndarray, params: TrainParams, patch: int) -> PixelNet:
-    """Fit a PixelNet with Adam and cross-entropy; pure apart from the progress bar."""
+def batches(
+    files: list[Path], size: int, order: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled batches of exactly `size`, reading CHUNK_VIDEOS videos at a time.
+
+    Videos come in random order and samples are shuffled within what is in memory; the
+    remainder under `size` is dropped. Memory and batch shapes stay the same at any scale.
+    """
+    shuffled = [files[i] for i in torch.randperm(len(files), generator=order).tolist()]
+    left: tuple[torch.Tensor, torch.Tensor] | None = None
+    for start in range(0, len(shuffled), CHUNK_VIDEOS):
+        x, y = read_chunk(shuffled[start : start + CHUNK_VIDEOS])
+        if left is not None:
+            x, y = torch.cat([left[0], x]), torch.cat([left[1], y])
+        mixed = torch.randperm(len(y), generator=order)
+        full = len(y) - len(y) % size
+        for batch in mixed[:full].split(size):
+            yield x[batch], y[batch]
+        left = x[mixed[full:]], y[mixed[full:]]
+
+
+def train(
+    files: list[Path], params: TrainParams, patch: int, workers: Workers = Workers()
+) -> PixelNet:
+    """Fit a PixelNet with Adam and cross-entropy on feature files; pure but for the progress.
+
+    With several workers each takes every `size`-th sample of each batch; DDP averages their
+    gradients, so batches and steps stay those of a single process.
+    """
     torch.manual_seed(params.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", workers.local_rank) if cuda else torch.device("cpu")
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     net = PixelNet(patch, params.width).to(device)
+    ddp = DistributedDataParallel(net, [device] if cuda else None) if workers.size > 1 else None
     optimiser = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
-    x, y = torch.from_numpy(patches), torch.from_numpy(labels)
     order = torch.Generator().manual_seed(params.seed)
-    for _ in tqdm(range(params.epochs), desc="train", disable=None):
-        for batch in torch.randperm(len(y), generator=order).split(params.batch_size):
+    for _ in tqdm(range(params.epochs), desc="train", disable=None if workers.rank == 0 else True):
+        for x, y in batches(files, params.batch_size, order):
             optimiser.zero_grad()
-            loss = loss_fn(net(x[batch].to(device)), y[batch].to(device))
+            if ddp is None:
+                loss = loss_fn(net(x.to(device)), y.to(device))
+            else:  # summed over this share, scaled so the mean over workers is the batch mean
+                share = slice(workers.rank, None, workers.size)
+                logits = ddp(x[share].to(device))
+                loss = nn.functional.cross_entropy(logits, y[share].to(device), reduction="sum")
+                loss = loss * (workers.size / len(y))
             loss.backward()
             optimiser.step()
     return net.cpu().eval()
@@ -69,11 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", type=Path, help="model file to write")
     args = parser.parse_args(argv)
     params = load_params(TrainParams, "train")
-    patches, labels = load_split(args.features / "train")
+    files = feature_files(args.features / "train")
     rule = read_rule(args.features)
-    net = train(patches, labels, params, rule.patch)
-    with atomic_output(args.model) as tmp:
-        save_model(tmp, net, rule)
+    workers = join_workers()
+    try:
+        net = train(files, params, rule.patch, workers)
+    finally:
+        if workers.size > 1:
+            distributed.destroy_process_group()
+    if workers.rank == 0:
+        with atomic_output(args.model) as tmp:
+            save_model(tmp, net, rule)
 
 
 if __name__ == "__main__":
