@@ -17,8 +17,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Branch names every naming rule must survive: none may break, collide, or be executed.
+EVIL = "x; rm -rf / $(touch pwned) `id`"
+BRANCHES = [
+    "main",
+    "feature/Foo-Bar",
+    "dependabot/pip/torch-2.13.0",
+    "user/ünïcode",
+    "b" * 300,
+    "Feature",
+    "feature",
+    "a/b",
+    "a-b",
+    EVIL,
+]
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Idle OpenMP threads sleep instead of spinning: same model bytes, several times faster training
+# when the suite's other processes (servers, stages) share the two cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def sh(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -18,20 +18,8 @@ from branchflow.cli import main
 from branchflow.config import Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
+from tests.conftest import BRANCHES, EVIL
 
-EVIL = "x; rm -rf / $(touch pwned) `id`"
-BRANCHES = [
-    "main",
-    "feature/Foo-Bar",
-    "dependabot/pip/torch-2.13.0",
-    "user/ünïcode",
-    "b" * 300,
-    "Feature",
-    "feature",
-    "a/b",
-    "a-b",
-    EVIL,
-]
 # The external rules quoted in branchflow/context.py.
 AZURE_MODEL = re.compile(r"^(?![\-_.])[a-zA-Z0-9\-_.]{1,255}(?<!\.)$")
 AZURE_EXPERIMENT = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,255}")

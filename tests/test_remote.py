@@ -11,19 +11,13 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from tests.conftest import ROOT, sh
+from tests.conftest import ROOT, free_port, sh
 
 AZURITE = ROOT / "tests" / "tools" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's well-known development account (public, documented, emulator only).
 ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def connection_string(port: int) -> str:

@@ -5,11 +5,13 @@ Each command imports what it needs inside its body, so `branchflow --help` stays
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from branchflow import __version__
+from branchflow.azureml.cli import azureml
 from branchflow.errors import BranchflowError
 
 
@@ -34,6 +36,9 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="branchflow")
 def main() -> None:
     """GitOps CI/CD for ML pipelines: DVC DAGs, branch-aware MLflow runs, PR reports."""
+
+
+main.add_command(azureml)
 
 
 @main.command("context")
@@ -76,3 +81,145 @@ def context_command(output_format: str, pipeline_type: str) -> None:
             click.echo(f"export {key}={shlex.quote(value)}")
     else:
         write_github_files(context, names, os.environ)
+
+
+_BASE_HELP = (
+    "Git ref to compare with, e.g. origin/main. Default: origin/$GITHUB_BASE_REF in a GitHub "
+    "pull request, else none (rules against the base are skipped)."
+)
+_FETCH_HELP = "If this (shallow) clone lacks the base, fetch it: git fetch --depth=1."
+
+
+@main.command("report")
+@click.option("--base", "base_ref", help=_BASE_HELP)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.md"),
+    show_default=True,
+    help="Markdown file to write; its PNGs go beside it, in <stem>_files/ (report_files/).",
+)
+@click.option("--fetch", is_flag=True, help=_FETCH_HELP)
+def report_command(base_ref: str | None, out: Path, fetch: bool) -> None:
+    """Write the PR report: gate verdict, metrics vs base and champion, params, plots, stages."""
+    from branchflow.compare import default_base
+    from branchflow.report import write_report
+
+    verdict = write_report(Path.cwd(), out, base_ref or default_base(), fetch=fetch)
+    click.echo(f"wrote {out}: gate {'passed' if verdict.passed else 'failed'}")
+
+
+@main.command("gate")
+@click.option("--base", "base_ref", help=_BASE_HELP)
+@click.option("--fetch", is_flag=True, help=_FETCH_HELP)
+@click.pass_context
+def gate_command(ctx: click.Context, base_ref: str | None, fetch: bool) -> None:
+    """Check the metrics against [tool.branchflow.gate]; exit 1 listing each failed rule."""
+    from branchflow.compare import default_base
+    from branchflow.gate import run_gate
+
+    verdict = run_gate(Path.cwd(), base_ref or default_base(), fetch=fetch)
+    for line in verdict.lines():
+        click.echo(line)
+    ctx.exit(0 if verdict.passed else 1)
+
+
+_FORMAT = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for machines.",
+)
+_REASON = click.option("--reason", default="", help="Why; recorded in the history.")
+
+
+@main.command("register")
+@_FORMAT
+def register_command(output_format: str) -> None:
+    """Log this branch's DVC state to MLflow and register its model under alias `candidate`."""
+    import dataclasses
+    import json
+
+    from branchflow.registry import describe, register
+
+    registration = register(Path.cwd())
+    if output_format == "json":
+        click.echo(json.dumps(dataclasses.asdict(registration), indent=2))
+    else:
+        click.echo(describe(registration))
+
+
+@main.command("promote")
+@click.argument("model_uri")
+@_REASON
+def promote_command(model_uri: str, reason: str) -> None:
+    """Make MODEL_URI the production champion.
+
+    MODEL_URI is models:/<name>@<alias> or models:/<name>/<version>. The version is copied
+    into the production model and the alias `champion` moves to the copy.
+    """
+    from branchflow.registry import describe, promote
+
+    click.echo(describe(promote(Path.cwd(), model_uri, reason)))
+
+
+@main.command("rollback")
+@_REASON
+def rollback_command(reason: str) -> None:
+    """Move `champion` back to the version that held it before the latest promotion."""
+    from branchflow.registry import describe, rollback
+
+    click.echo(describe(rollback(Path.cwd(), reason)))
+
+
+@main.command("history")
+@_FORMAT
+def history_command(output_format: str) -> None:
+    """List every move of the production model's `champion` alias, oldest first."""
+    import dataclasses
+    import json
+
+    from branchflow.registry import history, history_lines
+
+    moves = history(Path.cwd())
+    if output_format == "json":
+        click.echo(json.dumps([dataclasses.asdict(move) for move in moves], indent=2))
+    else:
+        click.echo("\n".join(history_lines(moves)) or "no champion moves recorded")
+
+
+@main.command("prune")
+@click.option("--branch", required=True, help="The merged or deleted branch, as git names it.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def prune_command(branch: str, dry_run: bool) -> None:
+    """Remove a gone branch's model versions and experiments, keeping any still in use."""
+    from branchflow.registry import prune, prune_lines
+
+    click.echo("\n".join(prune_lines(prune(Path.cwd(), branch, dry_run))))
+
+
+_STATS = click.Path(dir_okay=False, path_type=Path)
+
+
+@main.command("drift")
+@click.option(
+    "--reference",
+    required=True,
+    type=_STATS,
+    help="Statistics (JSON name -> number) of the data the champion was trained on.",
+)
+@click.option("--current", required=True, type=_STATS, help="Statistics of the newest data.")
+@click.option("--fail-on-drift", is_flag=True, help="Exit 1 when drift is found.")
+@click.pass_context
+def drift_command(ctx: click.Context, reference: Path, current: Path, fail_on_drift: bool) -> None:
+    """Compare data statistics with [tool.branchflow.drift]; write drift=true|false to
+    $GITHUB_OUTPUT when it is set."""
+    from branchflow.drift import check_drift, write_github_output
+
+    drift = check_drift(Path.cwd(), reference, current)
+    click.echo("\n".join(drift.lines()))
+    if write_github_output(drift):
+        click.echo(f"drift={'true' if drift.drifted else 'false'} written to $GITHUB_OUTPUT")
+    ctx.exit(1 if fail_on_drift and drift.drifted else 0)

@@ -10,7 +10,8 @@ import difflib
 import re
 import string
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,130 @@ from branchflow.errors import BranchflowError
 PYPROJECT = "pyproject.toml"
 NAME_PLACEHOLDERS = frozenset({"pipeline_type", "base", "branch"})
 DEFAULT_NAME_PATTERN = "{pipeline_type}_{base}_{branch}"
+GATE_SECTION = "[tool.branchflow.gate]"
+GATE_RULES = ("min", "max", "max_drop_vs_base", "max_drop_vs_champion")
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """`[tool.branchflow.gate]`: the rules a branch's metrics must pass, in metric units.
+
+    `min`/`max` are absolute bounds; `max_drop_vs_*` is how much worse than the base branch or
+    the production champion a metric may get ("worse" is down, or up for `lower_is_better`).
+    """
+
+    key_metric: str | None = None
+    lower_is_better: tuple[str, ...] = ()
+    min: Mapping[str, float] = field(default_factory=dict)
+    max: Mapping[str, float] = field(default_factory=dict)
+    max_drop_vs_base: Mapping[str, float] = field(default_factory=dict)
+    max_drop_vs_champion: Mapping[str, float] = field(default_factory=dict)
+
+    def higher_is_better(self, metric: str) -> bool:
+        """Whether a larger value of `metric` is an improvement."""
+        return metric not in self.lower_is_better
+
+    def metric_names(self) -> list[str]:
+        """Every metric these settings name, each once, `key_metric` first."""
+        rules = [*self.min, *self.max, *self.max_drop_vs_base, *self.max_drop_vs_champion]
+        named = [self.key_metric or "", *rules, *self.lower_is_better]
+        return [name for name in dict.fromkeys(named) if name]
+
+
+GATE_KEYS = tuple(f.name for f in fields(GateSettings))
+MODEL_SECTION = "[tool.branchflow.model]"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """`[tool.branchflow.model]`: how `branchflow register` packages the model as MLflow pyfunc.
+
+    Paths are relative to the project root. `python_model` is an MLflow "model from code" file
+    (it calls `mlflow.models.set_model`); `signature` is MLflow's MLmodel signature (`inputs`,
+    `outputs`); `key_metrics` are copied into each registered version's tags.
+    """
+
+    python_model: str
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+    code_paths: tuple[str, ...] = ()
+    input_example: str | None = None
+    signature: Mapping[str, Any] | None = None
+    pip_requirements: tuple[str, ...] | None = None
+    key_metrics: tuple[str, ...] = ()
+
+
+MODEL_KEYS = tuple(f.name for f in fields(ModelSettings))
+
+
+AZUREML_SECTION = "[tool.branchflow.azureml]"
+DEFAULT_AZUREML_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+DISTRIBUTIONS = ("pytorch",)
+
+
+@dataclass(frozen=True)
+class AzureMLStage:
+    """`[tool.branchflow.azureml.stages.<stage>]`: how one DVC stage (or `foreach` group) runs.
+
+    `distribution = "pytorch"` starts `process_count_per_instance` processes on each of
+    `instance_count` nodes; `timeout` is in seconds.
+    """
+
+    compute: str | None = None
+    instance_count: int = 1
+    distribution: str | None = None
+    process_count_per_instance: int = 1
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class AzureMLEnvironment:
+    """`[tool.branchflow.azureml.environment]`: base image and pip requirements of every stage.
+
+    Loaded settings default `name` to the base name and `pip` to `[project].dependencies`.
+    """
+
+    name: str = "branchflow"
+    image: str = DEFAULT_AZUREML_IMAGE
+    python: str = "3.11"
+    pip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AzureMLSettings:
+    """`[tool.branchflow.azureml]`: compute, data and environment of the compiled pipeline.
+
+    `pythonpath` lists folders (relative to the repository root) put on `PYTHONPATH` of every
+    stage; `exclude` adds `.amlignore` patterns; `stages` maps DVC stage names to run settings.
+    """
+
+    compute: str = "cpu-cluster"
+    datastore: str = "workspaceblobstore"
+    data_prefix: str = "dvc"
+    pythonpath: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    environment: AzureMLEnvironment = field(default_factory=AzureMLEnvironment)
+    stages: Mapping[str, AzureMLStage] = field(default_factory=dict)
+
+
+AZUREML_KEYS = tuple(f.name for f in fields(AzureMLSettings))
+DRIFT_SECTION = "[tool.branchflow.drift]"
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """`[tool.branchflow.drift]`: how far a data statistic may move before it is drift.
+
+    Limits are relative changes (0.25: 25 % of the reference value); `thresholds` overrides
+    `threshold` for named statistics.
+    """
+
+    threshold: float = 0.25
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+
+DRIFT_KEYS = tuple(f.name for f in fields(DriftSettings))
+AZUREML_ENVIRONMENT_KEYS = tuple(f.name for f in fields(AzureMLEnvironment))
+AZUREML_STAGE_KEYS = tuple(f.name for f in fields(AzureMLStage))
 
 
 @dataclass(frozen=True)
@@ -30,6 +155,10 @@ class Settings:
     name_pattern: str = DEFAULT_NAME_PATTERN
     dev_branch: str = "dev"
     main_branch: str = "main"
+    gate: GateSettings = field(default_factory=GateSettings)
+    azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
+    model: ModelSettings | None = None
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
@@ -43,7 +172,8 @@ def load_settings(root: Path) -> Settings:
     if not isinstance(table, dict):
         raise BranchflowError(f"{path}: [tool.branchflow] must be a table; write it as a table")
     _reject_unknown_keys(path, table)
-    values = {key: _string(path, key, value) for key, value in table.items()}
+    tables = ("gate", "model", "azureml", "drift")
+    values = {key: _string(path, key, value) for key, value in table.items() if key not in tables}
     base = values.get("base_name") or _default_base_name(document, root)
     settings = Settings(
         base_name=base,
@@ -51,6 +181,10 @@ def load_settings(root: Path) -> Settings:
         name_pattern=values.get("name_pattern", DEFAULT_NAME_PATTERN),
         dev_branch=values.get("dev_branch", "dev"),
         main_branch=values.get("main_branch", "main"),
+        gate=_gate_settings(path, table.get("gate", {})),
+        model=_model_settings(path, table.get("model")),
+        azureml=_azureml_settings(path, table.get("azureml", {}), base, document),
+        drift=_drift_settings(path, table.get("drift", {})),
     )
     _check_pattern(path, settings.name_pattern)
     return settings
@@ -66,14 +200,101 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise BranchflowError(f"{path}: invalid TOML ({exc}); fix the syntax") from exc
 
 
-def _reject_unknown_keys(path: Path, table: dict[str, Any]) -> None:
+def _reject_unknown_keys(
+    path: Path,
+    table: dict[str, Any],
+    known: tuple[str, ...] = KNOWN_KEYS,
+    section: str = "[tool.branchflow]",
+) -> None:
     for key in table:
-        if key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
-            hint = (
-                f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KNOWN_KEYS)}"
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            raise BranchflowError(f"{path}: unknown key '{key}' in {section}; {hint}")
+
+
+def _gate_settings(path: Path, table: object) -> GateSettings:
+    if not isinstance(table, dict):
+        raise BranchflowError(f"{path}: {GATE_SECTION} must be a table; write it as a table")
+    _reject_unknown_keys(path, table, GATE_KEYS, GATE_SECTION)
+    key_metric = table.get("key_metric")
+    lower = table.get("lower_is_better", [])
+    if not isinstance(lower, list) or not all(isinstance(name, str) and name for name in lower):
+        raise BranchflowError(
+            f"{path}: {GATE_SECTION} lower_is_better must be a list of metric names, got {lower!r}"
+        )
+    return GateSettings(
+        key_metric=None if key_metric is None else _string(path, "gate.key_metric", key_metric),
+        lower_is_better=tuple(lower),
+        **{rule: _thresholds(path, rule, table.get(rule, {})) for rule in GATE_RULES},
+    )
+
+
+def _thresholds(path: Path, rule: str, table: object, prefix: str = "") -> dict[str, float]:
+    """`{metric = number}`; nested tables (from unquoted dotted keys) join with dots."""
+    if not isinstance(table, dict):
+        raise BranchflowError(
+            f"{path}: {GATE_SECTION} {rule} must be a table of metric = number, got {table!r}"
+        )
+    flat: dict[str, float] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        bound = rule in ("min", "max")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(value, dict):
+            flat.update(_thresholds(path, rule, value, f"{name}."))
+        elif number and (bound or value >= 0):
+            flat[name] = float(value)
+        else:
+            kind = "a number" if bound else "a number >= 0"
+            raise BranchflowError(
+                f"{path}: {GATE_SECTION} {rule}: '{name}' must be {kind}, got {value!r}"
             )
-            raise BranchflowError(f"{path}: unknown key '{key}' in [tool.branchflow]; {hint}")
+    return flat
+
+
+def _model_settings(path: Path, table: object) -> ModelSettings | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise BranchflowError(f"{path}: {MODEL_SECTION} must be a table; write it as a table")
+    _reject_unknown_keys(path, table, MODEL_KEYS, MODEL_SECTION)
+    if "python_model" not in table:
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} needs python_model = the file that calls "
+            "mlflow.models.set_model(...)"
+        )
+    artifacts = table.get("artifacts", {})
+    if not isinstance(artifacts, dict) or not all(
+        isinstance(value, str) and value for value in artifacts.values()
+    ):
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} artifacts must be a table of name = path, got {artifacts!r}"
+        )
+    signature = table.get("signature")
+    if signature is not None and (not isinstance(signature, dict) or "inputs" not in signature):
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} signature must be a table with inputs (and outputs), "
+            f"as in an MLmodel file; got {signature!r}"
+        )
+    example, pip = table.get("input_example"), table.get("pip_requirements")
+    return ModelSettings(
+        python_model=_string(path, "model.python_model", table["python_model"]),
+        artifacts=artifacts,
+        code_paths=_strings(path, "model.code_paths", table.get("code_paths", [])),
+        input_example=None if example is None else _string(path, "model.input_example", example),
+        signature=signature,
+        pip_requirements=None if pip is None else _strings(path, "model.pip_requirements", pip),
+        key_metrics=_strings(path, "model.key_metrics", table.get("key_metrics", [])),
+    )
+
+
+def _strings(path: Path, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} must be a list of non-empty strings, got {value!r}"
+        )
+    return tuple(value)
 
 
 def _string(path: Path, key: str, value: object) -> str:
@@ -103,3 +324,124 @@ def _check_pattern(path: Path, pattern: str) -> None:
             f"{path}: [tool.branchflow] name_pattern {pattern!r} must use {{branch}} and only "
             f"the placeholders {{{'}, {'.join(sorted(NAME_PLACEHOLDERS))}}}"
         )
+
+
+def _azureml_settings(
+    path: Path, table: object, base: str, document: dict[str, Any]
+) -> AzureMLSettings:
+    """`[tool.branchflow.azureml]` with its `environment` and `stages.<stage>` tables."""
+    table = _table(path, AZUREML_SECTION, table, AZUREML_KEYS)
+    text = {
+        key: _string(path, f"azureml.{key}", table[key])
+        for key in ("compute", "datastore", "data_prefix")
+        if key in table
+    }
+    env = _table(
+        path,
+        "[tool.branchflow.azureml.environment]",
+        table.get("environment", {}),
+        AZUREML_ENVIRONMENT_KEYS,
+    )
+    stages = _table(path, "[tool.branchflow.azureml.stages]", table.get("stages", {}))
+    dependencies = document.get("project", {}).get("dependencies", [])
+    return AzureMLSettings(
+        compute=text.get("compute", "cpu-cluster").removeprefix("azureml:"),
+        datastore=text.get("datastore", "workspaceblobstore"),
+        data_prefix=text.get("data_prefix", "dvc").strip("/"),
+        pythonpath=_relative_paths(path, "azureml.pythonpath", table.get("pythonpath", [])),
+        exclude=_strings(path, "azureml.exclude", table.get("exclude", [])),
+        environment=AzureMLEnvironment(
+            name=_string(path, "azureml.environment.name", env.get("name", base)),
+            image=_string(
+                path, "azureml.environment.image", env.get("image", DEFAULT_AZUREML_IMAGE)
+            ),
+            python=_string(path, "azureml.environment.python", env.get("python", "3.11")),
+            pip=_strings(path, "azureml.environment.pip", env.get("pip", dependencies)),
+        ),
+        stages={name: _azureml_stage(path, name, value) for name, value in stages.items()},
+    )
+
+
+def _azureml_stage(path: Path, name: str, table: object) -> AzureMLStage:
+    key = f"azureml.stages.{name}"
+    table = _table(path, f"[tool.branchflow.{key}]", table, AZUREML_STAGE_KEYS)
+    compute, distribution = table.get("compute"), table.get("distribution")
+    if compute is not None:
+        compute = _string(path, f"{key}.compute", compute).removeprefix("azureml:")
+    if distribution is not None and distribution not in DISTRIBUTIONS:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key}.distribution must be one of "
+            f"{', '.join(DISTRIBUTIONS)}, got {distribution!r}"
+        )
+    counts = {
+        count: _count(path, f"{key}.{count}", table.get(count, 1))
+        for count in ("instance_count", "process_count_per_instance")
+    }
+    if distribution is None and max(counts.values()) > 1:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} starts several processes without a distribution; "
+            'set distribution = "pytorch" or drop the counts'
+        )
+    timeout = table.get("timeout")
+    return AzureMLStage(
+        compute=compute,
+        distribution=distribution,
+        timeout=None if timeout is None else _count(path, f"{key}.timeout", timeout),
+        **counts,
+    )
+
+
+def _table(
+    path: Path, section: str, table: object, known: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """`table` as a dict, once it is known to be a table with (if `known`) only known keys."""
+    if not isinstance(table, dict):
+        raise BranchflowError(f"{path}: {section} must be a table; write it as a table")
+    if known is not None:
+        _reject_unknown_keys(path, table, known, section)
+    return table
+
+
+def _count(path: Path, key: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} must be a whole number >= 1, got {value!r}"
+        )
+    return value
+
+
+def _strings(path: Path, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} must be a list of non-empty strings, got {value!r}"
+        )
+    return tuple(value)
+
+
+def _relative_paths(path: Path, key: str, value: object) -> tuple[str, ...]:
+    paths = _strings(path, key, value)
+    for entry in paths:
+        if Path(entry).is_absolute() or ".." in Path(entry).parts:
+            raise BranchflowError(
+                f"{path}: [tool.branchflow] {key}: {entry!r} must be a folder inside the "
+                "repository, relative to its root"
+            )
+    return paths
+
+
+def _drift_settings(path: Path, table: object) -> DriftSettings:
+    table = _table(path, DRIFT_SECTION, table, DRIFT_KEYS)
+    overrides = _table(path, f"{DRIFT_SECTION} thresholds", table.get("thresholds", {}))
+    return DriftSettings(
+        threshold=_relative(path, "threshold", table.get("threshold", 0.25)),
+        thresholds={name: _relative(path, name, value) for name, value in overrides.items()},
+    )
+
+
+def _relative(path: Path, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise BranchflowError(
+            f"{path}: {DRIFT_SECTION} {name} must be a relative change >= 0 (0.25 is 25 %), "
+            f"got {value!r}"
+        )
+    return float(value)

@@ -137,7 +137,7 @@ def resolve_context(
     _require_repository(root)
     settings = settings or load_settings(root)
     commit = _commit(root, env)
-    git_branch = _git(root, "symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
+    git_branch = git(root, "symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
     branch = _branch_from_env(env) or git_branch or commit[:SHORT_COMMIT_LENGTH]
     pr_number = _pr_number(env)
     return Context(
@@ -145,7 +145,7 @@ def resolve_context(
         branch_slug=slugify(branch),
         commit=commit,
         short_commit=commit[:SHORT_COMMIT_LENGTH],
-        dirty=bool(_git(root, "status", "--porcelain").stdout.strip()),
+        dirty=bool(git(root, "status", "--porcelain").stdout.strip()),
         run_type=_run_type(env, branch, pr_number, settings),
         pr_number=pr_number,
         build_id=_build_id(env),
@@ -198,7 +198,7 @@ def _github_line(key: str, value: str) -> str:
     return f"{key}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run git with an argument list (never a shell) in `root`."""
     try:
         result = subprocess.run(
@@ -219,7 +219,7 @@ def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def _require_repository(root: Path) -> None:
-    if _git(root, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
+    if git(root, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         raise BranchflowError(
             f"{root} is not a git repository; run branchflow inside your project's checkout "
             "(or `git init` it)"
@@ -235,7 +235,7 @@ def _commit(root: Path, env: Mapping[str, str]) -> str:
                 f"BRANCHFLOW_COMMIT={explicit!r} is not a full commit sha; set the 40-hex sha"
             )
         return explicit.lower()
-    head = _git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
     if head.returncode != 0:
         raise BranchflowError(f"{root} has no commits yet; commit once, then run again")
     return head.stdout.strip()

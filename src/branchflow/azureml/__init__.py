@@ -1,0 +1,4 @@
+"""Azure ML: compile `dvc.yaml` into pipeline YAML, run stages there unchanged, submit.
+
+Kept free of heavy imports: the stage wrapper runs from this package on the compute.
+"""

@@ -1,0 +1,84 @@
+"""`branchflow azureml ...`: compile dvc.yaml into Azure ML YAML, check it, submit it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from branchflow.errors import BranchflowError
+
+DEFAULT_OUT = "pipelines/azureml"
+OUT_HELP = "Folder of the generated YAML, relative to the repository root."
+
+
+@click.group("azureml")
+def azureml() -> None:
+    """Run the DVC pipeline on Azure ML: compile dvc.yaml, check it, submit it."""
+
+
+@azureml.command("compile")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help=OUT_HELP)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; show a diff and exit 1 if the files differ from a fresh compile.",
+)
+def compile_command(out: str, check: bool) -> None:
+    """Write a component per DVC stage, the pipeline job, its environment and .amlignore,
+    then validate them offline with the Azure ML SDK."""
+    from branchflow.azureml.compile import compile_project, diff_files, write_files
+    from branchflow.azureml.validate import validate
+
+    root = Path.cwd()
+    _check_out(out)
+    compiled = compile_project(root, out)
+    if check:
+        diff = diff_files(root, out, compiled.files)
+        if diff:
+            click.echo(diff, nl=False)
+            raise BranchflowError(
+                f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
+            )
+        validate(root, out)
+        click.echo(f"{out} is up to date and valid")
+        return
+    changed = write_files(root, out, compiled.files)
+    validate(root, out)
+    for path in changed:
+        click.echo(f"wrote {path}")
+    click.echo(f"{out}: {len(compiled.dag.steps)} stages, valid")
+
+
+@azureml.command("submit")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help=OUT_HELP)
+@click.option("--wait", is_flag=True, help="Follow the job; exit 1 unless it completes.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=7200,
+    show_default=True,
+    help="Seconds --wait waits before it cancels the job and fails.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the job as YAML; contact nothing.")
+@click.option(
+    "--pipeline-type", default="training", show_default=True, help="Pipeline type for the names."
+)
+def submit_command(out: str, wait: bool, timeout: float, dry_run: bool, pipeline_type: str) -> None:
+    """Submit the compiled pipeline with this branch's experiment, display name and tags."""
+    from branchflow.azureml.submit import prepare, submit, workspace
+
+    root = Path.cwd()
+    _check_out(out)
+    ids = None if dry_run else workspace(os.environ)
+    submission = prepare(root, out, os.environ, pipeline_type)
+    if ids is None:
+        click.echo(submission.text, nl=False)
+        return
+    submit(root, submission, ids, wait=wait, timeout=timeout, log=click.echo)
+
+
+def _check_out(out: str) -> None:
+    if Path(out).is_absolute() or ".." in Path(out).parts:
+        raise BranchflowError(f"--out {out}: give a folder inside the repository, relative")

@@ -1,0 +1,324 @@
+"""The DVC pipeline as Azure ML runs it: steps in run order, their inputs, outputs and digests.
+
+Read through DVC's own API (`Repo.index`), so `foreach`/`matrix` stages, `${}` templating and
+params resolve as `dvc repro` resolves them. Nothing here needs DVC-tracked data or outputs.
+
+A step's digest changes whenever `dvc repro` would rerun its stage: it hashes the resolved
+command, the current values of the declared params, the md5 of each git-tracked dependency,
+the md5 recorded in the `.dvc` file of each data dependency and, Merkle-style, the digest of
+each upstream step. It is conservative in two cases: a dependency on part of a data source
+counts the whole source, and an upstream rerun that writes identical bytes still counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from branchflow.errors import BranchflowError
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """An output of a `.dvc` file: data that enters the pipeline from a datastore."""
+
+    path: str
+    md5: str
+    dvcfile: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Input:
+    """A DVC output a step reads, linked at `path`; `producer` is None for a data source."""
+
+    path: str
+    name: str
+    producer: str | None
+    producer_output: str
+
+
+@dataclass(frozen=True)
+class Output:
+    """A DVC output (`outs`, `metrics` or `plots`) a step writes.
+
+    `returned` outputs become pipeline outputs that `submit --wait` downloads to their DVC
+    paths: metrics, results no other stage reads, and the paths `read_dag` is asked to keep.
+    """
+
+    path: str
+    name: str
+    returned: bool
+
+
+@dataclass(frozen=True)
+class Step:
+    """One DVC stage, ready to become one Azure ML command node."""
+
+    stage: str
+    node: str
+    cmd: tuple[str, ...]
+    inputs: tuple[Input, ...]
+    outputs: tuple[Output, ...]
+    snapshot_paths: tuple[str, ...]
+    digest: str
+    always_changed: bool
+
+
+@dataclass(frozen=True)
+class Dag:
+    """The steps in run order (upstream first) and the data sources they read."""
+
+    steps: tuple[Step, ...]
+    data: tuple[DataSource, ...]
+    out_paths: tuple[str, ...]
+    local_remotes: tuple[str, ...]
+
+    def data_hash(self) -> str:
+        """The md5 of the only data source, else a short hash over all of them."""
+        if len(self.data) == 1:
+            return self.data[0].md5
+        listing = "\n".join(f"{source.path} {source.md5}" for source in self.data)
+        return hashlib.sha256(listing.encode()).hexdigest()[:32]
+
+
+def ident(text: str) -> str:
+    """A name valid for Azure ML nodes, components, inputs and outputs: `[a-z][a-z0-9_]*`."""
+    name = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return name if name[:1].isalpha() else f"s_{name}"
+
+
+def read_dag(root: Path, keep: Collection[str] = ()) -> Dag:
+    """Read the DVC pipeline of the repository at `root`; outputs at `keep` are returned."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            return _Reader(repo, set(keep)).dag()
+    except DvcException as exc:
+        raise BranchflowError(f"cannot read the DVC pipeline in {root}: {exc}") from exc
+
+
+class _Reader:
+    """Turns one `Repo.index` into a `Dag`, memoising producers and digests."""
+
+    def __init__(self, repo: Any, keep: set[str]) -> None:
+        self.repo, self.root, self.index = repo, Path(repo.root_dir), repo.index
+        self.keep = keep
+        self.index.check_graph()  # DVC's own errors for cycles and overlapping outputs
+        stages = sorted(self.index.stages, key=lambda stage: stage.path_in_repo)  # stable
+        self.pipeline = [stage for stage in stages if not stage.is_data_source]
+        self.nodes: dict[str, str] = {}
+        self.digests: dict[str, str] = {}
+        self.sources: dict[str, DataSource] = {}
+
+    def dag(self) -> Dag:
+        order = self._run_order()
+        for stage in order:
+            _check_supported(stage, self.root)
+        self.nodes = {stage_id(stage): ident(_node_text(stage)) for stage in order}
+        _check_unique(self.nodes, "node")
+        steps = self._mark_returned([self._step(stage) for stage in order])
+        promoted = {o.path: o.name for step in steps for o in step.outputs if o.returned}
+        _check_unique({**{s.path: s.name for s in self.sources.values()}, **promoted}, "name")
+        outs = [self._rel(out.fs_path) for stage in self.index.stages for out in stage.outs]
+        return Dag(
+            steps=steps,
+            data=tuple(self.sources[path] for path in sorted(self.sources)),
+            out_paths=tuple(sorted(outs)),
+            local_remotes=self._local_remotes(),
+        )
+
+    def _mark_returned(self, steps: list[Step]) -> tuple[Step, ...]:
+        """Return metrics, outputs no step reads, and the outputs asked to be kept."""
+        read = {i.path for step in steps for i in step.inputs if i.producer}
+
+        def mark(output: Output) -> Output:
+            kept = output.path in self.keep or output.path not in read
+            return replace(output, returned=output.returned or kept)
+
+        return tuple(replace(step, outputs=tuple(map(mark, step.outputs))) for step in steps)
+
+    def _run_order(self) -> list[Any]:
+        """Pipeline stages, each after the stages it depends on; ties in dvc.yaml order."""
+        order: list[Any] = []
+        seen: set[str] = set()
+
+        def visit(stage: Any) -> None:
+            if stage_id(stage) in seen:
+                return
+            seen.add(stage_id(stage))
+            for dep in stage.deps:
+                for out in self._producers(dep):
+                    if not out.stage.is_data_source:
+                        visit(out.stage)
+            order.append(stage)
+
+        for stage in self.pipeline:
+            visit(stage)
+        return order
+
+    def _producers(self, dep: Any) -> list[Any]:
+        """Outputs that contain `dep` or lie inside it (as `dvc.repo.graph` matches them)."""
+        key = dep.fs.parts(dep.fs_path)
+        outs = [node.value for node in self.index.outs_trie.prefixes(key)]
+        if self.index.outs_trie.has_subtrie(key):
+            outs.extend(self.index.outs_trie.values(prefix=key))
+        return list({id(out): out for out in outs}.values())
+
+    def _step(self, stage: Any) -> Step:
+        sid = stage_id(stage)
+        inputs: dict[str, Input] = {}
+        snapshot: list[str] = []
+        for dep in stage.deps:
+            producers = [] if _is_params(dep) else self._producers(dep)
+            if not producers:
+                snapshot.append(self._rel(dep.fs_path))
+            for out in producers:
+                path = self._rel(out.fs_path)
+                name = f"in_{ident(path)}"
+                if out.stage.is_data_source:
+                    source = DataSource(
+                        path, _md5(out), out.stage.path_in_repo, f"dvc_{ident(path)}"
+                    )
+                    self.sources[path] = source
+                    inputs[path] = Input(path, name, None, source.name)
+                else:
+                    producer = self.nodes[stage_id(out.stage)]
+                    inputs[path] = Input(path, name, producer, f"out_{ident(path)}")
+        paths = [self._rel(out.fs_path) for out in stage.outs]
+        outputs = [
+            Output(path, f"out_{ident(path)}", bool(out.metric))
+            for path, out in zip(paths, stage.outs, strict=True)
+        ]
+        _check_unique(
+            {**{i.path: i.name for i in inputs.values()}, **{o.path: o.name for o in outputs}},
+            f"{sid} input/output",
+        )
+        cmd = stage.cmd if isinstance(stage.cmd, list) else stage.cmd.splitlines()  # as DVC
+        return Step(
+            stage=sid,
+            node=self.nodes[sid],
+            cmd=tuple(cmd),
+            inputs=tuple(inputs.values()),
+            outputs=tuple(outputs),
+            snapshot_paths=tuple(dict.fromkeys(snapshot)),
+            digest=self._digest(stage),
+            always_changed=bool(stage.always_changed),
+        )
+
+    def _digest(self, stage: Any) -> str:
+        sid = stage_id(stage)
+        if sid not in self.digests:
+            params = {dep.def_path: dep.get_hash().value for dep in stage.deps if _is_params(dep)}
+            deps = [self._dep_entry(stage, dep) for dep in stage.deps if not _is_params(dep)]
+            payload = {
+                "cmd": stage.cmd,
+                "params": params,
+                "deps": sorted(deps, key=lambda entry: entry["path"]),
+                "outs": sorted(self._rel(out.fs_path) for out in stage.outs),
+            }
+            text = json.dumps(payload, sort_keys=True, default=str)
+            self.digests[sid] = hashlib.sha256(text.encode()).hexdigest()
+        return self.digests[sid]
+
+    def _dep_entry(self, stage: Any, dep: Any) -> dict[str, Any]:
+        path = self._rel(dep.fs_path)
+        producers = self._producers(dep)
+        if not producers:
+            if not dep.exists:
+                raise BranchflowError(
+                    f"{stage_id(stage)}: dependency {path} does not exist and no stage "
+                    "produces it; add it to git or fix dvc.yaml"
+                )
+            return {"path": path, "md5": dep.get_hash().value}
+        sources = [
+            {"out": self._rel(out.fs_path), "md5": _md5(out)}
+            if out.stage.is_data_source
+            else {"out": self._rel(out.fs_path), "stage": self._digest(out.stage)}
+            for out in producers
+        ]
+        return {"path": path, "from": sorted(sources, key=lambda entry: entry["out"])}
+
+    def _local_remotes(self) -> tuple[str, ...]:
+        """DVC remotes that are folders inside the repository (kept out of the snapshot)."""
+        paths = []
+        for remote in self.repo.config.get("remote", {}).values():
+            url = str(remote.get("url", ""))
+            if os.path.isabs(url) and Path(url).is_relative_to(self.root):
+                paths.append(self._rel(url))
+        return tuple(sorted(paths))
+
+    def _rel(self, fs_path: str) -> str:
+        return Path(os.path.relpath(fs_path, self.root)).as_posix()
+
+
+def stage_id(stage: Any) -> str:
+    """The stage's address from the repository root (`stage.addressing` depends on the cwd)."""
+    name = getattr(stage, "name", None)
+    if stage.path_in_repo == "dvc.yaml" and name:
+        return name
+    return f"{stage.path_in_repo}:{name}" if name else stage.path_in_repo
+
+
+def _node_text(stage: Any) -> str:
+    name = getattr(stage, "name", None)
+    folder = str(Path(stage.path_in_repo).parent)
+    if not name:
+        return str(Path(stage.path_in_repo).with_suffix(""))
+    return name if folder == "." else f"{folder}/{name}"
+
+
+def _check_unique(names: dict[str, str], what: str) -> None:
+    """Refuse two stages or paths whose Azure ML names (`ident`) coincide."""
+    seen: dict[str, str] = {}
+    for owner, name in names.items():
+        if name in seen:
+            raise BranchflowError(
+                f"{seen[name]} and {owner} both become the Azure ML {what} '{name}'; "
+                "rename one of them"
+            )
+        seen[name] = owner
+
+
+def _check_supported(stage: Any, root: Path) -> None:
+    """Refuse what the stage wrapper cannot reproduce, with the fix in the message."""
+    sid = stage_id(stage)
+    if os.path.normpath(stage.wdir) != os.path.normpath(root):
+        raise BranchflowError(f"{sid}: `wdir` is not supported on Azure ML; drop it from dvc.yaml")
+    if stage.frozen:
+        raise BranchflowError(f"{sid}: frozen stages are not supported; `dvc unfreeze {sid}`")
+    for item in [*stage.deps, *stage.outs]:
+        if not item.is_in_repo:
+            raise BranchflowError(
+                f"{sid}: {item.def_path} is outside the repository; only repository paths "
+                "can become Azure ML inputs and outputs"
+            )
+    for out in stage.outs:
+        if out.persist:
+            raise BranchflowError(
+                f"{sid}: {out.def_path} has `persist: true`, but Azure ML outputs start "
+                "empty; drop `persist`"
+            )
+
+
+def _is_params(dep: Any) -> bool:
+    from dvc.dependency import ParamsDependency
+
+    return isinstance(dep, ParamsDependency)
+
+
+def _md5(out: Any) -> str:
+    value = out.hash_info.value
+    if not value:
+        raise BranchflowError(
+            f"{out.stage.path_in_repo}: {out.def_path} has no recorded md5; run `dvc commit`"
+        )
+    return str(value).removesuffix(".dir")

@@ -1,0 +1,187 @@
+"""Submit the compiled pipeline to Azure ML under this branch's names and tags.
+
+The workspace comes from `AZURE_SUBSCRIPTION_ID`, `AZURE_RESOURCE_GROUP` and
+`AZUREML_WORKSPACE`; credentials from `DefaultAzureCredential` (in GitHub Actions, OIDC via
+`azure/login`; locally, `az login`). The committed YAML never names a branch or commit: the
+experiment, display name and tags are applied here, from `branchflow.context`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from branchflow.azureml.compile import (
+    ENVIRONMENT_FILE,
+    PIPELINE_FILE,
+    compile_project,
+    diff_files,
+)
+from branchflow.azureml.validate import validate
+from branchflow.config import load_settings
+from branchflow.context import names_for, resolve_context
+from branchflow.errors import BranchflowError
+
+WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
+FAILED = frozenset({"Failed", "Canceled", "NotResponding"})
+POLL_SECONDS = 20
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The job exactly as it will be submitted, and where its returned outputs go afterwards."""
+
+    text: str
+    environment: Path
+    returned: Mapping[str, str]  # pipeline output -> DVC path
+
+
+def prepare(
+    root: Path, out: str, env: Mapping[str, str], pipeline_type: str = "training"
+) -> Submission:
+    """The committed pipeline with names, display name and tags for this checkout.
+
+    Refuses a pipeline that is out of date with dvc.yaml, so what runs is what DVC would run.
+    """
+    settings = load_settings(root)
+    compiled = compile_project(root, out, settings)
+    if diff_files(root, out, compiled.files):
+        raise BranchflowError(
+            f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
+        )
+    validate(root, out)
+    context = resolve_context(root, env, settings)
+    names = names_for(context, settings, pipeline_type)
+    pipeline = yaml.safe_load((root / out / PIPELINE_FILE).read_text(encoding="utf-8"))
+    for job in pipeline["jobs"].values():
+        job["component"] = str((root / out / job["component"]).resolve())
+    tags = {
+        "branch": context.branch,
+        "commit": context.commit,
+        "data_hash": compiled.dag.data_hash(),
+        "run_type": context.run_type,
+        "dirty": str(context.dirty).lower(),
+        "pr": None if context.pr_number is None else str(context.pr_number),
+        "build_id": context.build_id,
+        "run_url": context.run_url,
+    }
+    head = {key: pipeline.pop(key) for key in ("$schema", "type")}
+    document = {
+        **head,
+        "experiment_name": names.experiment,
+        "display_name": names.run_name,
+        "tags": {key: value for key, value in tags.items() if value is not None},
+        **pipeline,
+    }
+    returned = {o.name: o.path for step in compiled.dag.steps for o in step.outputs if o.returned}
+    return Submission(
+        text=yaml.safe_dump(document, sort_keys=False, width=1000),
+        environment=root / out / ENVIRONMENT_FILE,
+        returned=returned,
+    )
+
+
+def workspace(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """Subscription, resource group and workspace, or one error naming what is missing."""
+    missing = [name for name in WORKSPACE_VARIABLES if not env.get(name)]
+    if missing:
+        raise BranchflowError(
+            f"{', '.join(missing)} not set: set them to the Azure ML workspace to submit to, "
+            "or use --dry-run"
+        )
+    subscription, group, name = (env[variable] for variable in WORKSPACE_VARIABLES)
+    return subscription, group, name
+
+
+def submit(
+    root: Path,
+    submission: Submission,
+    workspace_ids: tuple[str, str, str],
+    *,
+    wait: bool,
+    timeout: float,
+    log: Callable[[str], None],
+) -> None:
+    """Register the environment, submit the job; with `wait`, follow it and fetch its results."""
+    try:
+        from azure.ai.ml import MLClient, load_environment, load_job
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.identity import DefaultAzureCredential
+    except ImportError as exc:
+        raise BranchflowError(
+            f"submitting needs the Azure ML SDK ({exc.name} is missing); "
+            'pip install "branchflow[azure]"'
+        ) from exc
+    client = MLClient(DefaultAzureCredential(), *workspace_ids)
+    try:
+        environment = load_environment(source=submission.environment)
+        try:
+            client.environments.get(environment.name, version=environment.version)
+        except ResourceNotFoundError:
+            log(f"registering environment {environment.name}:{environment.version}")
+            client.environments.create_or_update(environment)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / PIPELINE_FILE
+            path.write_text(submission.text, encoding="utf-8")
+            job = client.jobs.create_or_update(load_job(source=path))
+        log(f"submitted {job.name}: {job.studio_url}")
+        if wait:
+            _wait(client, job.name, timeout, job.studio_url, log)
+            _download(client, job.name, submission.returned, root, log)
+    except AzureError as exc:  # MlException included
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BranchflowError(f"Azure ML: {message}") from exc
+
+
+def _wait(client: Any, name: str, timeout: float, url: str, log: Callable[[str], None]) -> None:
+    """Print each status change of the job and its steps until it ends or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        status = client.jobs.get(name).status
+        steps = {
+            f"{name}/{child.display_name or child.name}": child.status
+            for child in client.jobs.list(parent_job_name=name)
+        }
+        for key, value in {name: status, **steps}.items():
+            if seen.get(key) != value:
+                log(f"{key}: {value}")
+                seen[key] = value
+        if status == "Completed":
+            return
+        if status in FAILED:
+            raise BranchflowError(f"Azure ML job {name} ended {status}; see {url}")
+        if time.monotonic() >= deadline:
+            client.jobs.begin_cancel(name)
+            raise BranchflowError(
+                f"Azure ML job {name} still {status} after {timeout:g} s; cancelled it; see {url}"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def _download(
+    client: Any, name: str, returned: Mapping[str, str], root: Path, log: Callable[[str], None]
+) -> None:
+    """Put each returned output where `dvc repro` would have written it: model, metrics, plots
+    for `branchflow register` and `branchflow report`."""
+    for output, path in returned.items():
+        with tempfile.TemporaryDirectory() as folder:
+            client.jobs.download(name, output_name=output, download_path=folder)
+            found = next(Path(folder).rglob(Path(path).name), None)
+            if found is None:
+                raise BranchflowError(f"Azure ML job {name}: output {output} has no {path}")
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if found.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(found, target)
+            else:
+                shutil.copyfile(found, target)
+        log(f"downloaded {path}")

@@ -1,0 +1,323 @@
+"""What a branch changed against its base, read from DVC, git and the MLflow registry.
+
+Metrics and params come from DVC's own diffs (`repo.metrics.diff`, `repo.params.diff`); which
+stages reran comes from the base commit's `dvc.lock` against the workspace's, the record DVC
+itself decides reruns from; the champion's metrics come from its MLflow run and version tags.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from branchflow.context import git
+from branchflow.errors import BranchflowError
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+
+LOCK_FILE = "dvc.lock"
+DATA_FILE = "data.dvc"
+METRIC_TAG = "metric."
+WORKSPACE = "workspace"
+
+
+@dataclass(frozen=True)
+class Base:
+    """The git ref a branch is compared with, and the commit it resolved to."""
+
+    ref: str
+    commit: str
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The production model version under the `champion` alias, with its metrics."""
+
+    model: str
+    version: str
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric on this branch and the base; `change` is DVC's diff (None if a side lacks it)."""
+
+    name: str
+    value: float | None
+    base: float | None
+    change: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """This branch's metrics beside the base's and the champion's.
+
+    `base_found` is False when the base has no metrics (a repository's first run);
+    `champion_missing` says why there is no champion, when there is none.
+    """
+
+    base: Base | None
+    metrics: tuple[Metric, ...]
+    base_found: bool
+    champion: Champion | None
+    champion_missing: str | None
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    """A param whose value differs from the base (None: absent on that side)."""
+
+    name: str
+    old: object
+    new: object
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """Whether a stage reran since the base (`rerun`, `reused`, `new`, `removed`), and why."""
+
+    stage: str
+    status: str
+    reasons: tuple[str, ...]
+
+
+def default_base(env: Mapping[str, str] = os.environ) -> str | None:
+    """`origin/$GITHUB_BASE_REF` in a GitHub pull request, else None (no base comparison)."""
+    branch = env.get("GITHUB_BASE_REF")
+    return f"origin/{branch}" if branch else None
+
+
+def resolve_base(root: Path, ref: str, *, fetch: bool = False) -> Base:
+    """Resolve `ref` to a commit; a shallow clone without it fetches it only when `fetch`."""
+    commit = _rev_parse(root, ref)
+    if commit is None:
+        remote, branch = _split_remote(root, ref)
+        if fetch:
+            refspec = f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"
+            git(root, "fetch", "-q", "--depth=1", remote, refspec)
+            commit = _rev_parse(root, ref) or _rev_parse(root, f"{remote}/{branch}")
+        if commit is None:
+            raise BranchflowError(
+                f"base ref '{ref}' is not in this clone; fetch it with: "
+                f"git fetch --depth=1 {remote} {branch}"
+            )
+    return Base(ref, commit)
+
+
+@contextmanager
+def open_dvc(root: Path) -> Iterator[Repo]:
+    """The DVC project at `root`."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError as exc:
+        raise BranchflowError(f"{root} is not a DVC project; run branchflow in its root") from exc
+    with repo:
+        yield repo
+
+
+def compare(
+    repo: Repo, base: Base | None, production_model: str, env: Mapping[str, str]
+) -> Comparison:
+    """This branch's metrics against the base's (DVC's diff) and the `production_model`
+    champion's (MLflow)."""
+    from dvc.utils.flatten import flatten
+
+    shown = repo.metrics.show(revs=[WORKSPACE], hide_workspace=False)[WORKSPACE]
+    files = {path: result for path, result in shown.get("data", {}).items() if "data" in result}
+    current = {path: _numbers(flatten(result["data"])) for path, result in files.items()}
+    if not any(current.values()):
+        problems = shown.get("error") or {p: r["error"] for p, r in shown.get("data", {}).items()}
+        raise BranchflowError(
+            f"no metrics in the workspace ({problems or 'none declared in dvc.yaml'}); "
+            "run `dvc repro` first"
+        )
+    diffs: dict[str, dict[str, dict[str, Any]]] = {}
+    if base is not None:
+        diffs = repo.metrics.diff(a_rev=base.commit, b_rev=WORKSPACE, all=True).get("diff", {})
+    rows: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
+    for path, values in current.items():
+        for name, value in values.items():
+            entry = diffs.get(path, {}).get(name, {})
+            rows[path, name] = (value, _number(entry.get("old")), entry.get("diff"))
+    for path, entries in diffs.items():
+        for name, entry in entries.items():
+            old = _number(entry.get("old"))
+            if (path, name) not in rows and old is not None:
+                rows[path, name] = (None, old, None)
+    names = _qualified_names(list(rows))
+    metrics = tuple(Metric(names[key], *row) for key, row in rows.items())
+    champion, missing = find_champion(Path(repo.root_dir), production_model, env)
+    return Comparison(
+        base=base,
+        metrics=metrics,
+        base_found=any(metric.base is not None for metric in metrics),
+        champion=champion,
+        champion_missing=missing,
+    )
+
+
+def changed_params(repo: Repo, base: Base) -> list[ParamChange]:
+    """The params whose values differ from the base, from `dvc params diff`."""
+    diffs = repo.params.diff(a_rev=base.commit, b_rev=WORKSPACE).get("diff", {})
+    entries = {
+        (path, name): entry for path, names in diffs.items() for name, entry in names.items()
+    }
+    names = _qualified_names(list(entries))
+    return [ParamChange(names[key], e.get("old"), e.get("new")) for key, e in entries.items()]
+
+
+def stage_changes(root: Path, base: Base) -> list[StageChange]:
+    """Each stage of the workspace's `dvc.lock` against the base's: reused, or rerun and why."""
+    current = _stages(_read_file(root / LOCK_FILE))
+    old = _stages(_git_show(root, base.commit, LOCK_FILE))
+    producers = {
+        out["path"]: name for name, entry in current.items() for out in entry.get("outs", [])
+    }
+    changes = []
+    for name, entry in current.items():
+        if name not in old:
+            changes.append(StageChange(name, "new", (f"not in {base.ref}'s {LOCK_FILE}",)))
+            continue
+        reasons = _why_rerun(entry, old[name], producers)
+        changes.append(StageChange(name, "rerun" if reasons else "reused", tuple(reasons)))
+    changes += [StageChange(name, "removed", ()) for name in old if name not in current]
+    return changes
+
+
+def data_version(root: Path, base: Base | None) -> tuple[str | None, str | None]:
+    """The data's md5 from `data.dvc` in the workspace and at the base (None where absent)."""
+    current = _data_md5(_read_file(root / DATA_FILE))
+    return current, _data_md5(_git_show(root, base.commit, DATA_FILE)) if base else None
+
+
+def find_champion(
+    root: Path, model: str, env: Mapping[str, str]
+) -> tuple[Champion | None, str | None]:
+    """The `champion` version of the production `model` and its metrics, or None and why.
+
+    A registry is configured by `$MLFLOW_TRACKING_URI` or a local `mlflow.db`; one that is
+    configured but unreachable is an error. Metrics come from the version's run, and its
+    `metric.<name>` tags (written by `branchflow register`) fill in what the run lacks.
+    """
+    from branchflow.registry import CHAMPION, current_champion
+    from branchflow.tracking import LOCAL_DB, connect, mlflow_errors, store_for
+
+    if not env.get("MLFLOW_TRACKING_URI") and not (root / LOCAL_DB).is_file():
+        return None, f"no MLflow registry configured (MLFLOW_TRACKING_URI unset, no {LOCAL_DB})"
+    store = store_for(root, env)
+    client = connect(store)
+    with mlflow_errors(store):
+        version = current_champion(client, model)
+        if version is None:
+            return None, f"no `{model}@{CHAMPION}` in the MLflow registry at {store.uri}"
+        run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    tagged = {
+        key.removeprefix(METRIC_TAG): _float(value)
+        for key, value in (version.tags or {}).items()
+        if key.startswith(METRIC_TAG)
+    }
+    metrics = {key: value for key, value in tagged.items() if value is not None} | run_metrics
+    return Champion(model, str(version.version), metrics), None
+
+
+def _rev_parse(root: Path, ref: str) -> str | None:
+    result = git(root, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _split_remote(root: Path, ref: str) -> tuple[str, str]:
+    """`origin/main` -> (`origin`, `main`); a ref without a known remote is on `origin`."""
+    remotes = git(root, "remote", check=False).stdout.split()
+    for remote in remotes:
+        if ref.startswith(f"{remote}/"):
+            return remote, ref[len(remote) + 1 :]
+    return "origin", ref
+
+
+def _git_show(root: Path, commit: str, path: str) -> Any:
+    """The YAML document at `path` in `commit`, or None where it has none."""
+    result = git(root, "show", f"{commit}:{path}", check=False)
+    return yaml.safe_load(result.stdout) if result.returncode == 0 else None
+
+
+def _read_file(path: Path) -> Any:
+    """The YAML document at `path`, or None where there is none."""
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _stages(lock: Any) -> dict[str, dict[str, Any]]:
+    return dict(lock.get("stages", {})) if isinstance(lock, dict) else {}
+
+
+def _why_rerun(
+    entry: Mapping[str, Any], old: Mapping[str, Any], producers: Mapping[str, str]
+) -> list[str]:
+    """What differs between two lock entries of a stage: its command, deps and params."""
+    reasons = ["command changed"] if entry.get("cmd") != old.get("cmd") else []
+    new_deps, old_deps = _deps(entry), _deps(old)
+    for path in sorted(new_deps.keys() | old_deps.keys()):
+        if path not in old_deps:
+            reasons.append(f"new dep `{path}`")
+        elif path not in new_deps:
+            reasons.append(f"dep `{path}` removed")
+        elif new_deps[path] != old_deps[path]:
+            source = f" (output of `{producers[path]}`)" if path in producers else ""
+            reasons.append(f"`{path}` changed{source}")
+    new_params, old_params = _params(entry), _params(old)
+    for key in sorted(new_params.keys() | old_params.keys()):
+        before, after = old_params.get(key), new_params.get(key)
+        if before != after:
+            reasons.append(f"param `{key}` {before} → {after}")
+    if not reasons and entry != old:
+        reasons.append("outputs changed with the same inputs")
+    return reasons
+
+
+def _deps(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        dep["path"]: {k: v for k, v in dep.items() if k != "path"} for dep in entry.get("deps", [])
+    }
+
+
+def _params(entry: Mapping[str, Any]) -> dict[str, object]:
+    """The stage's params by dotted name (`train: {epochs: 3}` gives `train.epochs`)."""
+    from dvc.utils.flatten import flatten
+
+    by_file = entry.get("params", {}).values()
+    return {key: value for values in by_file for key, value in flatten(values).items()}
+
+
+def _data_md5(document: Any) -> str | None:
+    outs = document.get("outs", []) if isinstance(document, dict) else []
+    return next((out.get("md5") for out in outs if out.get("md5")), None)
+
+
+def _qualified_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Plain names from one file, `file:name` from several: as `branchflow register` logs them."""
+    several = len({path for path, _ in keys}) > 1
+    return {(path, name): f"{path}:{name}" if several else name for path, name in keys}
+
+
+def _numbers(values: Mapping[str, object]) -> dict[str, float]:
+    return {key: number for key, value in values.items() if (number := _number(value)) is not None}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

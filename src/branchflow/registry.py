@@ -1,0 +1,452 @@
+"""The model registry: branch candidates, the production champion, promote and rollback.
+
+Aliases only (registry stages are deprecated in MLflow). A branch's model (`Names.model`)
+carries `candidate` on the version of its latest registration; the production model carries
+`champion` on a copy of the promoted version. Every champion move is stored in MLflow as a JSON
+tag `branchflow.move.<UTC time>.<id>` of the production model, which `history` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from branchflow.config import MODEL_SECTION, ModelSettings, Settings, load_settings
+from branchflow.context import Context, names_for, resolve_context, slugify
+from branchflow.errors import BranchflowError
+from branchflow.tracking import (
+    Store,
+    branch_experiments,
+    connect,
+    ensure_experiment,
+    file_sha256,
+    log_snapshot,
+    mlflow_errors,
+    read_snapshot,
+    run_tags,
+    store_for,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+MODEL_SHA_TAG = "model_sha256"
+MOVE_TAG_PREFIX = "branchflow.move."
+MODEL_ARTIFACT = "model"
+MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The branch model version that holds the workspace's model bytes."""
+
+    model: str
+    version: str
+    created: bool  # False: an earlier version already held these bytes
+    run_id: str | None
+    model_sha256: str
+
+
+@dataclass(frozen=True)
+class Move:
+    """One move of the champion alias; `from_version == to_version` means nothing moved."""
+
+    action: str  # "promote" or "rollback"
+    model: str
+    alias: str
+    from_version: str | None
+    to_version: str
+    source: str | None  # the promoted `models:/<name>/<version>`
+    who: str
+    when: str  # ISO 8601, UTC
+    commit: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What `prune` removed (or, for a dry run, would remove) for one branch."""
+
+    branch: str
+    model: str
+    versions: tuple[str, ...]
+    kept_versions: tuple[str, ...]
+    experiments: tuple[str, ...]
+    kept_experiments: tuple[str, ...]
+    dry_run: bool
+
+
+def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
+    """Log a run of the workspace's DVC state and register its model as the branch candidate.
+
+    Every precondition (settings, files, metrics, a reachable server) is checked before
+    anything is written; the same model bytes on the same branch register nothing new.
+    """
+    import mlflow
+
+    settings = load_settings(root)
+    model = _model_settings(settings)
+    context = resolve_context(root, env, settings)
+    names = names_for(context, settings)
+    example = [model.input_example] if model.input_example else []
+    files = [*model.artifacts.values(), model.python_model, *model.code_paths, *example]
+    snapshot = read_snapshot(root, files)
+    unknown = [key for key in model.key_metrics if key not in snapshot.metrics]
+    if unknown:
+        raise BranchflowError(
+            f"{MODEL_SECTION} key_metrics {', '.join(unknown)}: not among the DVC metrics "
+            f"({', '.join(sorted(snapshot.metrics)) or 'none'}); fix the names"
+        )
+    package = _package(root, model)
+    sha = artifacts_sha256(root, model.artifacts)
+    store = store_for(root, env)
+    client = connect(store)
+    with mlflow_errors(store):
+        held = client.search_model_versions(
+            f"name = '{names.model}' and tags.{MODEL_SHA_TAG} = '{sha}'"
+        )
+        if held:
+            first = min(held, key=lambda version: int(version.version))
+            client.set_registered_model_alias(names.model, CANDIDATE, first.version)
+            return Registration(names.model, first.version, False, first.run_id, sha)
+        experiment = ensure_experiment(client, names.experiment, context.branch, store)
+        with mlflow.start_run(
+            experiment_id=experiment, run_name=names.run_name, tags=run_tags(context, snapshot)
+        ) as run:
+            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **package)
+            log_snapshot(root, snapshot, info.model_id)  # after the model: metrics link to it
+        tags = {
+            **run_tags(context, snapshot),
+            MODEL_SHA_TAG: sha,
+            **{f"metric.{key}": str(snapshot.metrics[key]) for key in model.key_metrics},
+        }
+        version = mlflow.register_model(info.model_uri, names.model, tags=tags)
+        client.set_registered_model_alias(names.model, CANDIDATE, version.version)
+    return Registration(names.model, version.version, True, run.info.run_id, sha)
+
+
+def promote(
+    root: Path, model_uri: str, reason: str = "", env: Mapping[str, str] = os.environ
+) -> Move:
+    """Copy the version `model_uri` names into the production model and make it champion.
+
+    `model_uri` is `models:/<name>@<alias>` or `models:/<name>/<version>`. A version of the
+    production model itself is made champion without a copy.
+    """
+    match = MODELS_URI.fullmatch(model_uri)
+    if match is None:
+        raise BranchflowError(
+            f"{model_uri!r} is not a model version URI; use models:/<name>@<alias> "
+            "or models:/<name>/<version>"
+        )
+    settings, context, store, client = _open(root, env)
+    production = names_for(context, settings).production_model
+    with mlflow_errors(store):
+        source = _version(client, match["name"], match["alias"], match["version"], model_uri)
+        source_uri = f"models:/{source.name}/{source.version}"
+        champion = current_champion(client, production)
+        if champion is not None and source_uri in (champion.source, _uri(champion)):
+            return _move(
+                "promote", production, champion, champion.version, source_uri, context, env
+            )
+        target = (
+            source
+            if source.name == production
+            else client.copy_model_version(source_uri, production)
+        )
+        client.set_registered_model_alias(production, CHAMPION, target.version)
+        move = _move(
+            "promote", production, champion, target.version, source_uri, context, env, reason
+        )
+        _record(client, move)
+    return move
+
+
+def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) -> Move:
+    """Move `champion` back to the version that held it before the latest promotion."""
+    settings, context, store, client = _open(root, env)
+    production = names_for(context, settings).production_model
+    with mlflow_errors(store):
+        target = _rollback_target(_history(client, production))
+        if target is None:
+            raise BranchflowError(
+                f"{production} has no earlier champion to roll back to; see `branchflow history`"
+            )
+        champion = current_champion(client, production)
+        client.get_model_version(production, target)  # fails clearly if it was deleted
+        client.set_registered_model_alias(production, CHAMPION, target)
+        move = _move("rollback", production, champion, target, None, context, env, reason)
+        _record(client, move)
+    return move
+
+
+def history(root: Path, env: Mapping[str, str] = os.environ) -> list[Move]:
+    """Every recorded champion move of the production model, oldest first."""
+    settings, context, store, client = _open(root, env)
+    with mlflow_errors(store):
+        return _history(client, names_for(context, settings).production_model)
+
+
+def prune(
+    root: Path, branch: str, dry_run: bool = False, env: Mapping[str, str] = os.environ
+) -> PrunePlan:
+    """Delete `branch`'s model versions and soft-delete its experiments.
+
+    Kept: versions an alias other than `candidate` points to, versions copied into the
+    production model (a rollback may need them), and the experiments of their runs.
+    """
+    settings, context, store, client = _open(root, env)
+    gone = dataclasses.replace(context, branch=branch, branch_slug=slugify(branch))
+    names = names_for(gone, settings)
+    with mlflow_errors(store):
+        registered = _registered_model(client, names.model)
+        versions = client.search_model_versions(f"name = '{names.model}'") if registered else []
+        aliases = registered.aliases if registered else {}
+        production = client.search_model_versions(f"name = '{names.production_model}'")
+        copied = {version.source for version in production}
+        keep = {
+            v.version
+            for v in versions
+            if _uri(v) in copied
+            or any(a != CANDIDATE and n == v.version for a, n in aliases.items())
+        }
+        runs = {v.run_id for v in versions if v.version in keep and v.run_id}
+        busy = {client.get_run(run).info.experiment_id for run in runs}
+        experiments = branch_experiments(client, branch)
+        doomed = [e for e in experiments if e.experiment_id not in busy]
+        plan = PrunePlan(
+            branch=branch,
+            model=names.model,
+            versions=_sorted(v.version for v in versions if v.version not in keep),
+            kept_versions=_sorted(keep),
+            experiments=tuple(e.name for e in doomed),
+            kept_experiments=tuple(e.name for e in experiments if e.experiment_id in busy),
+            dry_run=dry_run,
+        )
+        if dry_run:
+            return plan
+        if registered and not keep:
+            client.delete_registered_model(names.model)
+        for version in plan.versions if keep else ():
+            client.delete_model_version(names.model, version)
+        for experiment in doomed:
+            client.delete_experiment(experiment.experiment_id)
+    return plan
+
+
+def artifacts_sha256(root: Path, artifacts: Mapping[str, str]) -> str:
+    """sha256 of the model's files: of the file itself when there is one, else of a manifest."""
+    files = sorted(
+        (key, file)
+        for key, path in artifacts.items()
+        for file in ([root / path] if (root / path).is_file() else (root / path).rglob("*"))
+        if file.is_file()
+    )
+    digests = [[key, file.relative_to(root).as_posix(), file_sha256(file)] for key, file in files]
+    if len(digests) == 1:
+        return digests[0][2]
+    return hashlib.sha256(json.dumps(digests).encode()).hexdigest()
+
+
+def _model_settings(settings: Settings) -> ModelSettings:
+    if settings.model is None or not settings.model.artifacts:
+        raise BranchflowError(
+            f"pyproject.toml: {MODEL_SECTION} with python_model and artifacts is needed to "
+            "register a model; add it (see the README)"
+        )
+    return settings.model
+
+
+def _package(root: Path, model: ModelSettings) -> dict[str, Any]:
+    """Arguments for `mlflow.pyfunc.log_model` (a model from code), checked up front."""
+    return {
+        "python_model": str(root / model.python_model),
+        "artifacts": {key: str(root / path) for key, path in model.artifacts.items()},
+        "code_paths": [str(root / path) for path in model.code_paths] or None,
+        "input_example": _input_example(root, model.input_example),
+        "signature": _signature(model.signature),
+        "pip_requirements": None if model.pip_requirements is None else [*model.pip_requirements],
+    }
+
+
+def _input_example(root: Path, path: str | None) -> Any:
+    if path is None:
+        return None
+    file = root / path
+    try:
+        if file.suffix == ".npy":
+            import numpy as np
+
+            return np.load(file)
+        if file.suffix == ".json":
+            return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BranchflowError(f"{MODEL_SECTION} input_example {path}: unreadable ({exc})") from None
+    raise BranchflowError(f"{MODEL_SECTION} input_example {path}: use a .npy or .json file")
+
+
+def _signature(spec: Mapping[str, Any] | None) -> Any:
+    if spec is None:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import ModelSignature
+
+    try:
+        return ModelSignature.from_dict({key: json.dumps(value) for key, value in spec.items()})
+    except (MlflowException, KeyError, TypeError, ValueError) as exc:
+        raise BranchflowError(
+            f"{MODEL_SECTION} signature: {exc}; write it as an MLmodel file's signature"
+        ) from None
+
+
+def _open(root: Path, env: Mapping[str, str]) -> tuple[Settings, Context, Store, MlflowClient]:
+    settings = load_settings(root)
+    context = resolve_context(root, env, settings)
+    store = store_for(root, env)
+    return settings, context, store, connect(store)
+
+
+def _registered_model(client: MlflowClient, name: str) -> RegisteredModel | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _version(
+    client: MlflowClient, name: str, alias: str | None, version: str | None, uri: str
+) -> ModelVersion:
+    """The version a `models:/` URI names, or an error that says it does not exist."""
+    registered = _registered_model(client, name)
+    number = registered.aliases.get(alias) if registered and alias else version
+    if registered is None or number is None:
+        raise BranchflowError(f"{uri} does not exist in the registry; check the name and alias")
+    return client.get_model_version(name, number)
+
+
+def current_champion(client: MlflowClient, production: str) -> ModelVersion | None:
+    registered = _registered_model(client, production)
+    version = registered.aliases.get(CHAMPION) if registered else None
+    return client.get_model_version(production, version) if version else None
+
+
+def _uri(version: ModelVersion) -> str:
+    return f"models:/{version.name}/{version.version}"
+
+
+def _move(
+    action: str,
+    production: str,
+    champion: ModelVersion | None,
+    to_version: str,
+    source: str | None,
+    context: Context,
+    env: Mapping[str, str],
+    reason: str = "",
+) -> Move:
+    try:
+        who = env.get("GITHUB_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no login name in this container
+        who = "unknown"
+    return Move(
+        action=action,
+        model=production,
+        alias=CHAMPION,
+        from_version=champion.version if champion else None,
+        to_version=to_version,
+        source=source,
+        who=who,
+        when=datetime.now(UTC).isoformat(timespec="microseconds"),
+        commit=context.commit,
+        reason=reason,
+    )
+
+
+def _record(client: MlflowClient, move: Move) -> None:
+    stamp = datetime.fromisoformat(move.when).strftime("%Y%m%dT%H%M%S.%fZ")
+    key = f"{MOVE_TAG_PREFIX}{stamp}.{uuid.uuid4().hex[:8]}"
+    client.set_registered_model_tag(move.model, key, json.dumps(dataclasses.asdict(move)))
+
+
+def _history(client: MlflowClient, production: str) -> list[Move]:
+    registered = _registered_model(client, production)
+    tags = registered.tags if registered else {}
+    return [
+        Move(**json.loads(tags[key])) for key in sorted(tags) if key.startswith(MOVE_TAG_PREFIX)
+    ]
+
+
+def _rollback_target(moves: list[Move]) -> str | None:
+    """The champion before the latest promotion not yet undone: rollbacks undo like a stack."""
+    undone = 0
+    for move in reversed(moves):
+        if move.action == "rollback":
+            undone += 1
+        elif undone:
+            undone -= 1
+        else:
+            return move.from_version
+    return None
+
+
+def _sorted(versions: Any) -> tuple[str, ...]:
+    return tuple(sorted(versions, key=int))
+
+
+def describe(result: Registration | Move) -> str:
+    """One line for people about a registration or a champion move."""
+    if isinstance(result, Registration):
+        if result.created:
+            return f"registered {result.model} version {result.version} (alias {CANDIDATE})"
+        return (
+            f"{result.model} version {result.version} already holds these model bytes "
+            f"(sha256 {result.model_sha256[:12]}); alias {CANDIDATE} points to it"
+        )
+    if result.from_version == result.to_version:
+        return f"{result.model}@{result.alias} is already version {result.to_version}; no change"
+    via = f"copy of {result.source}" if result.action == "promote" else "rollback"
+    return (
+        f"{result.model}@{result.alias}: version {result.from_version or 'none'} -> "
+        f"{result.to_version} ({via})"
+    )
+
+
+def history_lines(moves: list[Move]) -> list[str]:
+    """One line per move, oldest first."""
+    return [
+        f"{m.when}  {m.action:<8}  {m.from_version or '-':>4} -> {m.to_version:<4}  by {m.who}"
+        f"  at {m.commit[:7]}{f'  from {m.source}' if m.source else ''}"
+        f"{f'  reason: {m.reason}' if m.reason else ''}"
+        for m in moves
+    ]
+
+
+def prune_lines(plan: PrunePlan) -> list[str]:
+    """What was (or would be) removed and what was kept, one line each."""
+    verb = "would delete" if plan.dry_run else "deleted"
+    lines = [f"{verb} model version {plan.model}/{v}" for v in plan.versions]
+    lines += [f"{verb} experiment {name}" for name in plan.experiments]
+    lines += [
+        f"kept model version {plan.model}/{v} (aliased or promoted)" for v in plan.kept_versions
+    ]
+    lines += [
+        f"kept experiment {name} (holds a kept version's run)" for name in plan.kept_experiments
+    ]
+    return lines or [f"nothing to prune for branch {plan.branch!r}"]

@@ -1,0 +1,253 @@
+"""Branch-aware MLflow tracking: the store, the branch's experiment, and a run of DVC's state.
+
+The store is `MLFLOW_TRACKING_URI`, else `sqlite:///<root>/mlflow.db` with artifacts under
+`<root>/mlartifacts/`. What a run records (params, metrics, plots, data hash) is read through
+DVC's API, never by parsing its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from branchflow.context import Context
+from branchflow.errors import BranchflowError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "mlartifacts"
+LOCK_FILE = "dvc.lock"
+BRANCH_TAG = "branch"  # on experiments, runs and model versions: the raw branch name
+# Fail fast on an unreachable server (MLflow's defaults retry for minutes) and keep stdout
+# for our own output; a non-empty value the user set wins.
+MLFLOW_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where runs and models go; `artifact_root` is set only for the local default store."""
+
+    uri: str
+    artifact_root: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What DVC says about the workspace: the content of one tracking run."""
+
+    params: dict[str, str]
+    metrics: dict[str, float]
+    plots: tuple[str, ...]
+    data_hash: str | None
+    lock_sha256: str | None
+
+
+def store_for(root: Path, env: Mapping[str, str] = os.environ) -> Store:
+    """`MLFLOW_TRACKING_URI`, else the project's local sqlite store."""
+    uri = env.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return Store(uri, None)
+    root = root.resolve()
+    return Store(f"sqlite:///{root / LOCAL_DB}", (root / LOCAL_ARTIFACTS).as_uri())
+
+
+def connect(store: Store) -> MlflowClient:
+    """Point MLflow at `store` and check it answers, with bounded retries."""
+    for key, value in MLFLOW_DEFAULTS.items():
+        if not os.environ.get(key):  # CI systems often set variables to ""
+            os.environ[key] = value
+    import mlflow
+    from mlflow.exceptions import MlflowException, RestException
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(store.uri)
+    mlflow.set_registry_uri(store.uri)
+    client = mlflow.MlflowClient(store.uri, store.uri)
+    try:
+        client.search_experiments(max_results=1)
+    except RestException as exc:
+        raise BranchflowError(
+            f"MLflow tracking server at {store.uri} refused the request: {_first_line(exc)}"
+        ) from None
+    except MlflowException:
+        retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        raise BranchflowError(
+            f"cannot reach MLflow tracking server at {store.uri} (tried {int(retries) + 1} "
+            "times); start it, or set MLFLOW_TRACKING_URI to a running server"
+        ) from None
+    return client
+
+
+@contextmanager
+def mlflow_errors(store: Store) -> Iterator[None]:
+    """Report an MLflow failure after the reachability check as one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise BranchflowError(f"MLflow at {store.uri}: {_first_line(exc)}") from None
+
+
+def ensure_experiment(client: MlflowClient, name: str, branch: str, store: Store) -> str:
+    """The id of experiment `name`, created (tagged with `branch`) or restored if needed."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = f"{store.artifact_root}/{name}" if store.artifact_root else None
+        try:
+            return client.create_experiment(name, location, tags={BRANCH_TAG: branch})
+        except MlflowException as exc:  # another process created it meanwhile
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":  # pruned earlier; the branch is back
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def branch_experiments(client: MlflowClient, branch: str) -> list[Any]:
+    """Active experiments that `ensure_experiment` created for `branch`."""
+    from mlflow.entities import ViewType
+
+    found, token = [], None
+    while True:
+        page = client.search_experiments(ViewType.ACTIVE_ONLY, page_token=token)
+        found += [e for e in page if e.tags.get(BRANCH_TAG) == branch]
+        token = page.token
+        if not token:
+            return found
+
+
+def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
+    """Params, metrics, plot files and data hash of the workspace at `root`.
+
+    Every path in `required` and every DVC metrics file must exist; a missing one names the
+    stage that writes it.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        for path in required:
+            if not (root / path).exists():
+                raise BranchflowError(missing_output(repo, path))
+        metrics = _merge(repo, repo.metrics.show())
+        params = _merge(repo, repo.params.show())
+        sources = repo.plots.show().get("workspace", {}).get("sources", {}).get("data", {})
+        data = sorted(
+            (str(out), out.hash_info.value)
+            for stage in repo.index.stages
+            if stage.is_data_source
+            for out in stage.outs
+        )
+    lock = root / LOCK_FILE
+    return Snapshot(
+        params={key: str(value) for key, value in params.items()},
+        metrics={
+            key: float(value)
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        },
+        plots=tuple(sorted(path for path, entry in sources.items() if "error" not in entry)),
+        data_hash=data[0][1] if len(data) == 1 else ", ".join(f"{p}:{h}" for p, h in data) or None,
+        lock_sha256=file_sha256(lock) if lock.is_file() else None,
+    )
+
+
+def _merge(repo: Any, shown: Mapping[str, Any]) -> dict[str, Any]:
+    """DVC's per-file params or metrics of the workspace, flattened into one mapping.
+
+    Keys carry their file (`file:key`) only when there are several files.
+    """
+    files = shown.get("", {}).get("data", {})
+    merged: dict[str, Any] = {}
+    for file, entry in files.items():
+        error = entry.get("error")
+        if isinstance(error, FileNotFoundError):
+            raise BranchflowError(missing_output(repo, file))
+        if error is not None:
+            raise BranchflowError(f"{file}: DVC cannot read it ({error}); fix the file")
+        merged.update(flatten(entry.get("data", {}), f"{file}:" if len(files) > 1 else ""))
+    return merged
+
+
+def missing_output(repo: Any, path: str) -> str:
+    """Say that `path` is missing and which `dvc repro` (or `dvc pull`) would write it."""
+    from dvc.exceptions import OutputNotFoundError
+
+    try:
+        outs = repo.find_outs_by_path(os.path.join(repo.root_dir, path))
+    except OutputNotFoundError:
+        return f"{path} not found; create it, or declare the stage that writes it in dvc.yaml"
+    stage = outs[0].stage
+    dvcfile = os.path.relpath(stage.path, repo.root_dir)
+    if stage.is_data_source:
+        return f"{path} not found; run `dvc pull {dvcfile}`"
+    target = stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+    return f"{path} not found; run `dvc repro {target}`"
+
+
+def run_tags(context: Context, snapshot: Snapshot) -> dict[str, str]:
+    """Tags that tie a run to its branch, commit, CI run, data and pipeline state."""
+    tags = {
+        BRANCH_TAG: context.branch,
+        "commit": context.commit,
+        "dirty": str(context.dirty).lower(),
+        "pr": None if context.pr_number is None else str(context.pr_number),
+        "ci_run_url": context.run_url,
+        "data_hash": snapshot.data_hash,
+        "dvc_lock_sha256": snapshot.lock_sha256,
+    }
+    return {key: value for key, value in tags.items() if value is not None}
+
+
+def log_snapshot(root: Path, snapshot: Snapshot, model_id: str | None = None) -> None:
+    """Log params, metrics (linked to the logged model `model_id`), plot files and `dvc.lock`
+    to the active run."""
+    import mlflow
+
+    mlflow.log_params(snapshot.params)
+    mlflow.log_metrics(snapshot.metrics, model_id=model_id)
+    for path in snapshot.plots:
+        mlflow.log_artifact(str(root / path), str(Path(path).parent))
+    if snapshot.lock_sha256:
+        mlflow.log_artifact(str(root / LOCK_FILE))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to one level, keys joined with `.`."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return (message.strip().splitlines() or [type(exc).__name__])[0]

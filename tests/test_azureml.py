@@ -1,0 +1,410 @@
+"""Azure ML: the compiled YAML, its offline validation, the stage wrapper, reuse digests,
+`submit --dry-run`, and distributed training. No workspace and no credentials anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from azure.ai.ml import load_component, load_environment, load_job
+from azure.ai.ml.entities import CommandComponent, PipelineJob
+from click.testing import CliRunner
+
+from branchflow.azureml.dag import read_dag
+from branchflow.azureml.validate import check_pipeline, validate
+from branchflow.cli import main
+from branchflow.config import load_settings
+from branchflow.context import names_for, resolve_context
+from branchflow.errors import BranchflowError
+from tests.conftest import init_repo, sh
+
+OUT = "pipelines/azureml"
+STAGES = ["validate", "frames", "features", "train", "evaluate"]
+REFERENCE = re.compile(r"\$\{\{(\w+\.\w+)\}\}")
+PARENT = re.compile(r"\$\{\{parent\.(.+)\}\}")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No workspace, CI or branch variables from whoever runs the tests."""
+    for key in list(os.environ):
+        if key.startswith(("AZURE", "BRANCHFLOW_", "GITHUB_", "BUILD_")) or key == "CI":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="module")
+def compiled(project_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project after `branchflow azureml compile`. Copy it before changing it."""
+    repo = tmp_path_factory.mktemp("compiled") / "repo"
+    shutil.copytree(project_repo, repo, symlinks=True)
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 0, result.output
+    return repo
+
+
+def run_cli(repo: Path, *args: str, **env: str):
+    """`branchflow ARGS` in `repo`; stdout and stderr kept apart."""
+    cwd = Path.cwd()
+    os.chdir(repo)
+    try:
+        return CliRunner().invoke(main, list(args), env=env)
+    finally:
+        os.chdir(cwd)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def md5_tree(path: Path) -> dict[str, str]:
+    """The md5 of a file, or of every file under a folder by relative path."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {f.relative_to(path).as_posix(): md5(f) for f in files}
+
+
+def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> None:
+    folder = compiled / OUT
+    for stage in STAGES:
+        component = load_component(source=folder / "components" / f"{stage}.yml")
+        assert isinstance(component, CommandComponent)
+        assert component._validate().passed
+        assert component.inputs["dvc_stage_hash"].type == "string"
+        assert component.command.startswith("python -m branchflow.azureml.wrapper")
+        assert Path(folder / "components" / component.code).resolve() == compiled.resolve()
+    environment = load_environment(source=folder / "environment.yml")
+    assert component.environment == f"{environment.name}:{environment.version}"
+    job = load_job(source=folder / "pipeline.yml")
+    assert isinstance(job, PipelineJob)
+    assert job._validate().passed
+    assert list(job.jobs) == STAGES
+    assert job.jobs["train"].compute == "gpu-cluster"
+    assert job.jobs["train"].distribution.process_count_per_instance == 2
+    assert job.jobs["frames"].compute is None  # the default: settings.default_compute
+    data_md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"]
+    assert job.inputs["dvc_data_raw_toy"].path.endswith(f"/{data_md5.removesuffix('.dir')}/")
+    binding = "${{parent.jobs.train.outputs.out_models_model_pt}}"
+    assert (
+        yaml.safe_load((folder / "pipeline.yml").read_text())["jobs"]["evaluate"]["inputs"][
+            "in_models_model_pt"
+        ]
+        == binding
+    )
+    # Nothing branch- or commit-dependent is committed: submit adds it.
+    commit = sh("git", "rev-parse", "HEAD", cwd=compiled).stdout.strip()
+    for path in [*folder.rglob("*.yml"), compiled / ".amlignore"]:
+        text = path.read_text()
+        assert commit not in text
+        assert not re.search(r"\b(experiment_name|branch|commit)\b", text)
+
+
+def test_a_broken_mapping_fails_validation(compiled: Path, copy_repo) -> None:
+    repo = copy_repo(compiled)
+    train = repo / OUT / "components" / "train.yml"
+    original = train.read_text()
+    train.write_text(original.replace("type: uri_folder", "type: uri_foldr", 1))
+    with pytest.raises(BranchflowError, match="uri_foldr"):
+        validate(repo, OUT)
+    train.write_text(original)
+
+    # A binding to an output that does not exist passes the SDK; our own check catches it.
+    pipeline = repo / OUT / "pipeline.yml"
+    broken = pipeline.read_text().replace("train.outputs.out_models_model_pt", "train.outputs.oops")
+    pipeline.write_text(broken)
+    assert load_job(source=pipeline)._validate().passed
+    with pytest.raises(BranchflowError, match="node train has no output oops"):
+        validate(repo, OUT)
+
+    document = yaml.safe_load(broken)
+    components = {
+        f"./components/{p.name}": yaml.safe_load(p.read_text())
+        for p in (repo / OUT / "components").glob("*.yml")
+    }
+    document["jobs"]["train"]["inputs"]["dvc_stage_hash"] = 12
+    document["jobs"]["train"]["inputs"]["epochs"] = 3
+    document["jobs"]["features"]["inputs"]["in_data_interim_frames"] = (
+        "${{parent.jobs.evaluate.outputs.out_reports_plots}}"  # a cycle: evaluate runs later
+    )
+    assert check_pipeline(document, components) == [
+        "jobs.features.inputs.in_data_interim_frames: no node evaluate runs before this one",
+        "jobs.train.inputs.dvc_stage_hash: string input given 12",
+        "jobs.train.inputs.epochs: the component declares no such input",
+        "jobs.evaluate.inputs.in_models_model_pt: node train has no output oops",
+    ]
+
+
+def test_check_passes_on_a_fresh_compile_and_fails_after_editing_dvc_yaml(
+    compiled: Path, copy_repo
+) -> None:
+    repo = copy_repo(compiled)
+    result = run_cli(repo, "azureml", "compile", "--check")
+    assert result.exit_code == 0, result.output
+    before = md5_tree(repo / OUT)
+
+    dvc_yaml = repo / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("models/model.pt", "models/net.pt"))
+    result = run_cli(repo, "azureml", "compile", "--check")
+    assert result.exit_code == 1
+    assert "--- a/pipelines/azureml/components/train.yml" in result.stdout
+    assert "+    --out models/net.pt=${{outputs.out_models_net_pt}} \\" in result.stdout
+    assert result.stderr.startswith("error: pipelines/azureml is out of date with dvc.yaml")
+    assert len(result.stderr.splitlines()) == 1
+    assert md5_tree(repo / OUT) == before  # --check writes nothing
+
+
+def test_a_train_param_changes_only_the_train_and_evaluate_hashes(
+    compiled: Path, copy_repo
+) -> None:
+    repo = copy_repo(compiled)
+
+    def digests() -> dict[str, str]:
+        return {step.node: step.digest for step in read_dag(repo).steps}
+
+    def changed_by(path: str, edit) -> set[str]:
+        before = digests()
+        target = repo / path
+        target.write_text(edit(target.read_text()))
+        after = digests()
+        return {node for node in before if before[node] != after[node]}
+
+    def bump(key: str, step: int):
+        def edit(text: str) -> str:
+            params = yaml.safe_load(text)
+            section, name = key.split(".")
+            params[section][name] += step
+            return yaml.safe_dump(params, sort_keys=False)
+
+        return edit
+
+    assert changed_by("params.yaml", bump("train.epochs", 1)) == {"train", "evaluate"}
+    assert changed_by("params.yaml", bump("frames.workers", 1)) == set()  # no stage declares it
+    assert changed_by("params.yaml", bump("features.patch", 2)) == {"features", "train", "evaluate"}
+    assert changed_by("src/badpixels/frames.py", lambda text: f"{text}# edited\n") == {
+        "frames",
+        "features",
+        "train",
+        "evaluate",
+    }
+    data_md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    new_md5 = f"{'0' * 32}.dir"
+    assert changed_by("data.dvc", lambda text: text.replace(data_md5, new_md5)) == set(STAGES)
+    # The digest is about what would run, not what ran: dvc.lock does not enter it.
+    assert changed_by("dvc.lock", lambda text: text.replace("md5: ", "md5: 0", 1)) == set()
+
+
+def test_a_foreach_group_becomes_sibling_nodes(tmp_path: Path) -> None:
+    repo = tmp_path / "fanout"
+    repo.mkdir()
+    (repo / "raw.txt").write_text("raw\n")
+    (repo / "params.yaml").write_text("models: [small, large]\nlr: 0.1\n")
+    stages = {
+        "prepare": {
+            "cmd": "cp raw.txt prepared.txt",
+            "deps": ["raw.txt"],
+            "outs": ["prepared.txt"],
+        },
+        "train": {
+            "foreach": "${models}",
+            "do": {
+                "cmd": "cp prepared.txt model-${item}.txt",
+                "deps": ["prepared.txt"],
+                "params": ["lr"],
+                "outs": ["model-${item}.txt"],
+            },
+        },
+        "score": {
+            "matrix": {"model": "${models}", "split": ["a", "b"]},
+            "cmd": "cat model-${item.model}.txt > score-${item.model}-${item.split}.txt",
+            "deps": ["model-${item.model}.txt"],
+            "outs": ["score-${item.model}-${item.split}.txt"],
+        },
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "fanout"\n\n'
+        "[tool.branchflow.azureml.stages.train]\ntimeout = 60\n\n"
+        '[tool.branchflow.azureml.stages."train@large"]\ncompute = "big"\n'
+    )
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    init_repo(repo)
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 0, result.output
+
+    jobs = load_job(source=repo / OUT / "pipeline.yml").jobs
+    scores = [f"score_{model}_{split}" for model in ("small", "large") for split in "ab"]
+    assert list(jobs) == ["prepare", "train_small", "train_large", *scores]
+    document = yaml.safe_load((repo / OUT / "pipeline.yml").read_text())["jobs"]
+    for model in ("small", "large"):
+        assert document[f"train_{model}"]["inputs"]["in_prepared_txt"] == (
+            "${{parent.jobs.prepare.outputs.out_prepared_txt}}"
+        )
+        assert document[f"score_{model}_b"]["inputs"][f"in_model_{model}_txt"] == (
+            f"${{{{parent.jobs.train_{model}.outputs.out_model_{model}_txt}}}}"
+        )
+    # The group's table applies to each member; a member's own table replaces it.
+    assert document["train_small"]["limits"] == {"timeout": 60}
+    assert "compute" not in document["train_small"]
+    assert document["train_large"]["compute"] == "azureml:big"
+    assert "limits" not in document["train_large"]
+
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("stages.train]", "stages.trian]"))
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 1
+    assert "names trian, which dvc.yaml does not define" in result.stderr
+
+
+@pytest.mark.e2e
+def test_the_wrapper_reproduces_every_stage_byte_for_byte(
+    compiled: Path, reproduced_repo: Path, tmp_path: Path
+) -> None:
+    """Each node runs like Azure ML runs it: in a fresh copy of the code snapshot (the files
+    the SDK would upload), inputs in separate read-only folders, outputs in empty folders."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    uploads = get_upload_files_from_folder(compiled, ignore_file=get_ignore_file(compiled))
+    uploaded = {relative for _, relative in uploads}
+    dag = read_dag(compiled)
+    kept_out = [*dag.out_paths, "tests", ".git", ".dvc"]
+    assert not [p for p in uploaded if any(p == k or p.startswith(f"{k}/") for k in kept_out)]
+    assert {path for step in dag.steps for path in step.snapshot_paths} <= uploaded
+
+    pipeline = yaml.safe_load((compiled / OUT / "pipeline.yml").read_text())
+    folders: dict[str, Path] = {}
+    for source in dag.data:  # the content-addressed datastore path holds the data by name
+        folder = tmp_path / "datastore" / source.md5
+        shutil.copytree(reproduced_repo / source.path, folder / Path(source.path).name)
+        assert pipeline["inputs"][source.name]["path"].endswith(f"/{source.md5}/")
+        folders[f"inputs.{source.name}"] = folder
+        read_only(folder)
+    for node, job in pipeline["jobs"].items():
+        component = yaml.safe_load((compiled / OUT / job["component"]).read_text())
+        values = {}
+        for name, value in job["inputs"].items():
+            bound = PARENT.fullmatch(str(value))
+            values[f"inputs.{name}"] = str(folders[bound[1]]) if bound else str(value)
+        for name in component["outputs"]:
+            folder = tmp_path / "outputs" / node / name
+            folder.mkdir(parents=True)
+            folders[f"jobs.{node}.outputs.{name}"] = values[f"outputs.{name}"] = folder
+        code = tmp_path / "snapshots" / node
+        for source_file, relative in uploads:
+            (code / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source_file, code / relative)
+        command = REFERENCE.sub(lambda m, v=values: str(v[m[1]]), component["command"])
+        # Passive OpenMP threads: same bytes, but no spinning against other load on few cores.
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **job.get("environment_variables", {})}
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=code, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        for name in component["outputs"]:
+            read_only(folders[f"jobs.{node}.outputs.{name}"])
+
+    assert [step.node for step in dag.steps] == STAGES
+    for step in dag.steps:
+        for output in step.outputs:
+            produced = folders[f"jobs.{step.node}.outputs.{output.name}"] / Path(output.path).name
+            expected = md5_tree(reproduced_repo / output.path)
+            assert expected and md5_tree(produced) == expected, output.path
+    for source in dag.data:
+        folder = folders[f"inputs.{source.name}"] / Path(source.path).name
+        assert md5_tree(folder) == md5_tree(reproduced_repo / source.path)
+
+
+def read_only(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+
+
+def test_submit_dry_run_prints_a_job_that_loads(compiled: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        compiled, "azureml", "submit", "--dry-run", BRANCHFLOW_BRANCH="feature/Faster-Train"
+    )
+    assert result.exit_code == 0, result.stderr
+    job_file = tmp_path / "job.yml"
+    job_file.write_text(result.stdout)
+    job = load_job(source=job_file)
+    assert job._validate().passed
+    context = resolve_context(compiled, {"BRANCHFLOW_BRANCH": "feature/Faster-Train"})
+    names = names_for(context, load_settings(compiled))
+    assert job.experiment_name == names.experiment
+    assert job.display_name == names.run_name
+    assert context.short_commit in names.run_name
+    commit = context.commit
+    data_md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"]
+    assert job.tags["branch"] == "feature/Faster-Train"
+    assert job.tags["commit"] == commit
+    assert job.tags["data_hash"] == data_md5.removesuffix(".dir")
+    assert list(job.jobs) == STAGES
+
+
+def test_submit_without_workspace_variables_names_them_in_one_line(compiled: Path) -> None:
+    result = run_cli(compiled, "azureml", "submit", "--wait")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE not set: set "
+        "them to the Azure ML workspace to submit to, or use --dry-run\n"
+    )
+    result = run_cli(compiled, "azureml", "submit", AZURE_SUBSCRIPTION_ID="0000")
+    assert result.stderr.startswith("error: AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE not set")
+
+
+@pytest.mark.e2e
+def test_torchrun_with_two_processes_matches_one(reproduced_repo: Path, tmp_path: Path) -> None:
+    """`torchrun` starts two wrappers as Azure ML's PyTorch distribution would (RANK set): both
+    train with DDP on gloo, and rank 0 hands over a model that evaluates on the held-out videos
+    as well as the single-process model of `dvc repro`. Writes only under `tmp_path`."""
+    code, features, model = tmp_path / "code", tmp_path / "in", tmp_path / "out"
+    shutil.copytree(reproduced_repo / "src", code / "src")
+    shutil.copyfile(reproduced_repo / "params.yaml", code / "params.yaml")
+    features.mkdir()
+    (features / "features").symlink_to(reproduced_repo / "data/processed/features")
+    model.mkdir()
+    sh(
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *("-m", "branchflow.azureml.wrapper", "--stage", "train"),
+        *("--in", f"data/processed/features={features}", "--out", f"models/model.pt={model}"),
+        *("--", "python -m badpixels.train data/processed/features models/model.pt"),
+        cwd=code,
+    )
+    assert [p.name for p in model.iterdir()] == ["model.pt"]
+    frames, reports = reproduced_repo / "data/interim/frames", tmp_path / "reports"
+    sh(
+        sys.executable,
+        "-m",
+        "badpixels.evaluate",
+        model / "model.pt",
+        features / "features",
+        frames,
+        reports,
+        cwd=code,
+    )
+    one = json.loads((reproduced_repo / "reports/metrics.json").read_text())["cnn"]["overall"]
+    two = json.loads((reports / "metrics.json").read_text())["cnn"]["overall"]
+    assert abs(one["f1"] - two["f1"]) <= 0.01, (one, two)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[tool.branchflow.azureml]\ncomptue = 'x'\n", "unknown key 'comptue'"),
+        ("[tool.branchflow.azureml.stages.train]\ngpus = 2\n", "unknown key 'gpus'"),
+        ("[tool.branchflow.azureml.stages.train]\ndistribution = 'mpi'\n", "must be one of"),
+        ("[tool.branchflow.azureml.stages.train]\ntimeout = 0\n", "whole number >= 1"),
+        ("[tool.branchflow.azureml.stages.train]\ninstance_count = 2\n", "without a distrib"),
+        ("[tool.branchflow.azureml]\npythonpath = ['../src']\n", "inside the repository"),
+    ],
+)
+def test_bad_azureml_settings_are_errors(tmp_path: Path, table: str, message: str) -> None:
+    (tmp_path / "pyproject.toml").write_text(table)
+    with pytest.raises(BranchflowError, match=message):
+        load_settings(tmp_path)

@@ -1,0 +1,166 @@
+"""`branchflow gate`: its settings, its rules, and the command on real git + DVC repositories."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from branchflow.cli import main
+from branchflow.compare import Base, Champion, Comparison, Metric, default_base
+from branchflow.config import GateSettings, load_settings
+from branchflow.errors import BranchflowError
+from branchflow.gate import evaluate
+from tests.conftest import sh
+from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo
+
+GATE = GateSettings(
+    lower_is_better=("loss",),
+    min={"f1": 0.95},
+    max={"loss": 0.3},
+    max_drop_vs_base={"f1": 0.01, "loss": 0.05},
+    max_drop_vs_champion={"f1": 0.02},
+)
+MAIN = Base("main", "0" * 40)
+
+
+@pytest.fixture(scope="module")
+def metrics_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_metrics_repo(tmp_path_factory.mktemp("gate") / "repo")
+
+
+@pytest.fixture
+def no_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_ci_env(monkeypatch)
+
+
+def comparison(
+    base: dict[str, float] | None, champion: dict[str, float] | None = None, **current: float
+) -> Comparison:
+    metrics = tuple(
+        Metric(name, value, (base or {}).get(name), value - base[name] if base else None)
+        for name, value in current.items()
+    )
+    return Comparison(
+        base=MAIN,
+        metrics=metrics,
+        base_found=base is not None,
+        champion=Champion("prod", "3", champion) if champion is not None else None,
+        champion_missing=None if champion is not None else "no MLflow registry configured",
+    )
+
+
+def failures(gate: GateSettings, comp: Comparison) -> list[str]:
+    return [check.text for check in evaluate(gate, comp).checks if not check.passed]
+
+
+def test_drop_of_exactly_the_tolerance_passes_despite_float_rounding() -> None:
+    comp = comparison({"f1": 0.9888, "loss": 0.2}, {"f1": 0.9988}, f1=0.9788, loss=0.25)
+    verdict = evaluate(GATE, comp)
+    assert verdict.passed, verdict.lines()
+    assert len(verdict.checks) == 5
+
+
+def test_each_broken_rule_is_its_own_failure_and_direction_counts() -> None:
+    comp = comparison({"f1": 0.99, "loss": 0.1}, {"f1": 0.99}, f1=0.94, loss=0.31)
+    assert failures(GATE, comp) == [
+        "`f1` is 0.9400, below the floor 0.9500",
+        "`loss` is 0.3100, above the ceiling 0.3000",
+        "`f1` got worse by 0.0500 vs main (0.9900 → 0.9400); at most 0.0100 allowed",
+        "`loss` got worse by 0.2100 vs main (0.1000 → 0.3100); at most 0.0500 allowed",
+        "`f1` got worse by 0.0500 vs champion v3 (0.9900 → 0.9400); at most 0.0200 allowed",
+    ]
+    # A lower loss is an improvement, however large.
+    assert failures(GATE, comparison({"f1": 0.96, "loss": 0.3}, None, f1=0.96, loss=0.0)) == []
+
+
+def test_missing_base_champion_or_metric_is_said_not_crashed() -> None:
+    verdict = evaluate(GATE, comparison(None, None, f1=0.96, loss=0.1))
+    assert verdict.passed
+    assert verdict.notes == (
+        "no base metrics in main: first run, comparison rules skipped",
+        "no champion: no MLflow registry configured; champion rules skipped",
+    )
+    renamed = evaluate(GATE, comparison(None, None, f1_score=0.96, loss=0.1))
+    assert not renamed.passed
+    assert "`f1` is not in this branch's metrics" in renamed.lines()[1]
+
+
+def test_base_defaults_to_the_pull_requests_base_branch() -> None:
+    assert default_base({"GITHUB_BASE_REF": "main"}) == "origin/main"
+    assert default_base({}) is None
+
+
+def test_gate_settings_read_well_and_reject_typos(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        "[tool.branchflow.gate.min]\n"
+        "cnn.overall.f1 = 0.95  # unquoted dotted keys are nested tables in TOML\n"
+        '"cnn.overall.recall" = 0.9\n'
+    )
+    gate = load_settings(tmp_path).gate
+    assert gate.min == {"cnn.overall.f1": 0.95, "cnn.overall.recall": 0.9}
+    assert load_settings(tmp_path / "nowhere").gate == GateSettings()
+    for table, message in [
+        ('mni = {"f1" = 0.9}', "unknown key 'mni' in [tool.branchflow.gate]; did you mean 'min'?"),
+        ('max_drop_vs_base = {"f1" = -0.01}', "max_drop_vs_base: 'f1' must be a number >= 0"),
+        ('min = {"f1" = "high"}', "min: 'f1' must be a number, got 'high'"),
+        ("lower_is_better = 'loss'", "lower_is_better must be a list of metric names"),
+    ]:
+        pyproject.write_text(f"[tool.branchflow.gate]\n{table}\n")
+        with pytest.raises(BranchflowError, match=message.replace("[", r"\[").replace("?", r"\?")):
+            load_settings(tmp_path)
+
+
+@pytest.mark.e2e
+def test_gate_exits_1_beyond_tolerance_and_0_within(
+    metrics_repo: Path, copy_repo, monkeypatch: pytest.MonkeyPatch, no_ci_env: None
+) -> None:
+    repo = copy_repo(metrics_repo)
+    monkeypatch.chdir(repo)
+    branch_with(repo, "within", f1=0.955, loss=0.14)  # 0.005 and 0.04 worse: allowed
+    passed = CliRunner().invoke(main, ["gate", "--base", "main"])
+    assert passed.exit_code == 0, passed.output
+    assert passed.output.splitlines()[0] == "gate passed: 4 rules"
+
+    branch_with(repo, "worse", f1=0.93, loss=0.2)
+    failed = CliRunner().invoke(main, ["gate", "--base", "main"])
+    assert failed.exit_code == 1
+    assert failed.output.splitlines() == [
+        "gate failed: 2 of 4 rules failed",
+        "ok: `model.f1` is 0.9300, at least the floor 0.9000",
+        "ok: `model.loss` is 0.2000, at most the ceiling 0.5000",
+        "FAIL: `model.f1` got worse by 0.0300 vs main (0.9600 → 0.9300); at most 0.0100 allowed",
+        "FAIL: `model.loss` got worse by 0.1000 vs main (0.1000 → 0.2000); at most 0.0500 allowed",
+        "note: no champion: no MLflow registry configured (MLFLOW_TRACKING_URI unset, no "
+        "mlflow.db); champion rules skipped",
+    ]
+
+
+@pytest.mark.e2e
+def test_shallow_clone_without_the_base_says_how_to_fetch_it(
+    metrics_repo: Path, copy_repo, tmp_path: Path, no_ci_env: None
+) -> None:
+    origin = copy_repo(metrics_repo)
+    branch_with(origin, "feature", f1=0.97)
+    sh("git", "commit", "-q", "-am", "more f1", cwd=origin)
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", "--depth=1", "--branch=feature", origin.as_uri(), clone, cwd=tmp_path)
+    executable = shutil.which("branchflow")
+    assert executable, "branchflow is not installed on PATH"
+    gate = [executable, "gate", "--base", "origin/main"]
+    result = subprocess.run(gate, cwd=clone, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: base ref 'origin/main' is not in this clone; "
+        "fetch it with: git fetch --depth=1 origin main\n"
+    )
+    fetched = subprocess.run(
+        [*gate, "--fetch"], cwd=clone, capture_output=True, text=True, check=False
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert "ok: `model.f1` vs origin/main: 0.9600 → 0.9700, within" in fetched.stdout

@@ -1,0 +1,314 @@
+"""register, promote, rollback, history and prune against a real MLflow server (no mocks)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from badpixels.model import Detector
+from branchflow.cli import main
+from branchflow.config import load_settings
+from branchflow.context import Names, names_for, resolve_context
+from branchflow.errors import BranchflowError
+from branchflow.registry import CANDIDATE, CHAMPION, history, promote, prune, register, rollback
+from branchflow.tracking import store_for
+from tests.conftest import BRANCHES, ROOT, free_port, sh
+
+FRAMES = "data/interim/frames/vid0000.npy"
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch, mlflow_server: str) -> None:
+    """Hide the CI variables of whoever runs the tests; point MLflow at the session's server."""
+    for key in list(os.environ):
+        if key.startswith(("BRANCHFLOW_", "GITHUB_", "BUILD_", "CI_")) or key in {"CI", "TF_BUILD"}:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+
+
+@pytest.fixture
+def repo(reproduced_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
+    """A reproduced project (trained model, metrics) this test may change."""
+    return copy_repo(reproduced_repo)
+
+
+@pytest.fixture
+def client(mlflow_server: str) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(mlflow_server, mlflow_server)
+
+
+def on(branch: str, **extra: str) -> dict[str, str]:
+    """This process's environment, building `branch`."""
+    return {**os.environ, "BRANCHFLOW_BRANCH": branch, **extra}
+
+
+def names(repo: Path, branch: str) -> Names:
+    return names_for(resolve_context(repo, on(branch)), load_settings(repo))
+
+
+def other_bytes(repo: Path) -> None:
+    """Another model file (same weights, one more entry), without training again."""
+    saved = torch.load(repo / "models/model.pt", weights_only=True)
+    torch.save({**saved, "note": "same weights, other bytes"}, repo / "models/model.pt")
+
+
+def test_promote_then_rollback_restores_the_champion(
+    repo: Path, client: mlflow.MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only test that moves the production model's champion on the session's server."""
+    branch = "release/flow"
+    production = names(repo, branch).production_model
+    first = register(repo, on(branch))
+    shutil.copy(repo / "models/model.pt", tmp_path / "first.pt")
+    promote(repo, f"models:/{first.model}@{CANDIDATE}", "first", on(branch, GITHUB_ACTOR="ana"))
+    other_bytes(repo)
+    second = register(repo, on(branch))
+    assert (first.created, second.created) == (True, True)
+    assert client.get_model_version_by_alias(first.model, CANDIDATE).version == second.version
+    promote(repo, f"models:/{second.model}/{second.version}", "better", on(branch))
+    unchanged = promote(repo, f"models:/{second.model}@{CANDIDATE}", "again", on(branch))
+    assert unchanged.from_version == unchanged.to_version
+
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("BRANCHFLOW_BRANCH", branch)
+    result = CliRunner().invoke(main, ["rollback", "--reason", "regression"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{production}@{CHAMPION}: version 2 -> 1 (rollback)\n"
+    champion = client.get_model_version_by_alias(production, CHAMPION)
+    assert (champion.version, champion.tags["model_sha256"]) == ("1", first.model_sha256)
+    with pytest.raises(BranchflowError, match="no earlier champion to roll back to"):
+        rollback(repo, env=on(branch))
+
+    moves = history(repo, on(branch))
+    assert [(m.action, m.from_version, m.to_version, m.reason) for m in moves] == [
+        ("promote", None, "1", "first"),
+        ("promote", "1", "2", "better"),
+        ("rollback", "2", "1", "regression"),
+    ]
+    assert [m.source for m in moves] == [
+        f"models:/{first.model}/{first.version}",
+        f"models:/{second.model}/{second.version}",
+        None,
+    ]
+    head = sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    assert moves[0].who == "ana"
+    assert all(m.who and m.when and m.commit == head for m in moves)
+    listed = CliRunner().invoke(main, ["history", "--format", "json"])
+    assert json.loads(listed.output) == [dataclasses.asdict(m) for m in moves]
+
+    # The champion serves the first model: a defect map of a real frame stack.
+    frames = np.load(repo / FRAMES)
+    found = mlflow.pyfunc.load_model(f"models:/{production}@{CHAMPION}").predict(frames)
+    assert np.array_equal(found, Detector(tmp_path / "first.pt").detect(frames))
+    with (repo / "data/raw/toy/labels.csv").open(newline="") as handle:
+        truth = [
+            (int(r["y"]), int(r["x"])) for r in csv.DictReader(handle) if r["video"] == "vid0000"
+        ]
+    assert truth and sum(found[y, x] > 0 for y, x in truth) >= 0.8 * len(truth)
+
+    # Both versions back production copies: prune keeps them and their experiment.
+    plan = prune(repo, branch, dry_run=True, env=on(branch))
+    assert (plan.versions, plan.kept_versions) == ((), ("1", "2"))
+    assert (plan.experiments, plan.kept_experiments) == ((), (names(repo, branch).experiment,))
+
+
+def test_branch_names_register_under_distinct_names(
+    repo: Path, client: mlflow.MlflowClient
+) -> None:
+    registered = {branch: register(repo, on(branch)) for branch in BRANCHES}
+    assert len({r.model for r in registered.values()}) == len(BRANCHES)
+    for branch, registration in registered.items():
+        version = client.get_model_version(registration.model, registration.version)
+        assert version.tags["branch"] == branch
+        assert client.get_model_version_by_alias(version.name, CANDIDATE).version == version.version
+        run = client.get_run(version.run_id)
+        assert run.data.tags["branch"] == branch
+        assert client.get_experiment(run.info.experiment_id).tags["branch"] == branch
+    assert not (repo / "pwned").exists()
+
+
+def test_a_run_records_dvc_state_and_the_version_its_provenance(
+    repo: Path, client: mlflow.MlflowClient
+) -> None:
+    registration = register(repo, on("provenance"))
+    version = client.get_model_version(registration.model, registration.version)
+    run = client.get_run(registration.run_id)
+    data_md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    lock = hashlib.sha256((repo / "dvc.lock").read_bytes()).hexdigest()
+    model = hashlib.sha256((repo / "models/model.pt").read_bytes()).hexdigest()
+    assert run.data.params["train.seed"] == "0"
+    assert run.data.metrics["cnn.overall.f1"] > 0.5
+    dirty = bool(sh("git", "status", "--porcelain", cwd=repo).stdout.strip())
+    assert {key: run.data.tags[key] for key in ("data_hash", "dvc_lock_sha256", "dirty")} == {
+        "data_hash": data_md5,
+        "dvc_lock_sha256": lock,
+        "dirty": str(dirty).lower(),
+    }
+    assert version.tags["model_sha256"] == model
+    assert float(version.tags["metric.cnn.overall.f1"]) == run.data.metrics["cnn.overall.f1"]
+    artifacts = {
+        a.path
+        for folder in ("", "reports/plots", "reports/figures")
+        for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"dvc.lock", "reports/plots/pr_cnn.csv", "reports/figures/detections.png"} <= artifacts
+
+
+def test_same_model_bytes_register_once(
+    repo: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = register(repo, on("idempotent"))
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("BRANCHFLOW_BRANCH", "idempotent")
+    result = CliRunner().invoke(main, ["register"])
+    assert result.exit_code == 0, result.output
+    assert f"{first.model} version {first.version} already holds these model bytes" in result.output
+    assert len(client.search_model_versions(f"name = '{first.model}'")) == 1
+    experiment = client.get_experiment_by_name(names(repo, "idempotent").experiment)
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_unreachable_server_fails_fast_in_one_line(repo: Path, client: mlflow.MlflowClient) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = subprocess.run(
+        ["branchflow", "register"],
+        cwd=repo,
+        env=on("unreachable", MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot reach MLflow tracking server at {uri} ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    model = names(repo, "unreachable").model
+    assert client.search_registered_models(f"name = '{model}'") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "stage"), [("models/model.pt", "train"), ("reports/metrics.json", "evaluate")]
+)
+def test_a_missing_output_names_the_stage_that_writes_it(
+    repo: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    stage: str,
+) -> None:
+    (repo / path).unlink()
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("BRANCHFLOW_BRANCH", f"missing/{stage}")
+    result = CliRunner().invoke(main, ["register"])
+    assert result.exit_code == 1
+    assert result.output == f"error: {path} not found; run `dvc repro {stage}`\n"
+    model = names(repo, f"missing/{stage}").model
+    assert client.search_registered_models(f"name = '{model}'") == []
+
+
+def test_two_branches_register_concurrently(repo: Path, client: mlflow.MlflowClient) -> None:
+    branches = ["concurrent/one", "concurrent/two"]
+    processes = [
+        subprocess.Popen(
+            ["branchflow", "register", "--format", "json"],
+            cwd=repo,
+            env=on(branch),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for branch in branches
+    ]
+    outputs = [process.communicate(timeout=180) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    head = sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    for branch, (stdout, _) in zip(branches, outputs, strict=True):
+        registration = json.loads(stdout)
+        version = client.get_model_version(registration["model"], registration["version"])
+        assert version.tags["branch"] == branch
+        assert version.tags["commit"] == head
+        assert version.tags["model_sha256"] == registration["model_sha256"]
+        assert client.get_run(registration["run_id"]).data.tags["branch"] == branch
+
+
+def test_prune_keeps_versions_an_alias_still_uses(repo: Path, client: mlflow.MlflowClient) -> None:
+    branch = "prune/merged"
+    first = register(repo, on(branch))
+    other_bytes(repo)
+    second = register(repo, on(branch))
+    client.set_registered_model_alias(first.model, "staging", first.version)
+    experiment = names(repo, branch).experiment
+
+    dry = prune(repo, branch, dry_run=True, env=on(branch))
+    assert (dry.versions, dry.kept_versions) == ((second.version,), (first.version,))
+    assert len(client.search_model_versions(f"name = '{first.model}'")) == 2
+    prune(repo, branch, env=on(branch))
+    assert [v.version for v in client.search_model_versions(f"name = '{first.model}'")] == ["1"]
+    assert client.get_experiment_by_name(experiment).lifecycle_stage == "active"
+
+    client.delete_registered_model_alias(first.model, "staging")
+    final = prune(repo, branch, env=on(branch))
+    assert (final.versions, final.experiments) == ((first.version,), (experiment,))
+    assert client.search_registered_models(f"name = '{first.model}'") == []
+    assert client.get_experiment_by_name(experiment).lifecycle_stage == "deleted"
+
+    # The branch comes back: its experiment is restored, its model registered afresh.
+    assert register(repo, on(branch)).created
+    assert client.get_experiment_by_name(experiment).lifecycle_stage == "active"
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("runs:/0123/model", "is not a model version URI"),
+        ("models:/no_such_model@candidate", "does not exist in the registry"),
+    ],
+)
+def test_promote_rejects_what_it_cannot_resolve(repo: Path, uri: str, message: str) -> None:
+    with pytest.raises(BranchflowError, match=message):
+        promote(repo, uri, env=on("promote/errors"))
+
+
+def test_without_a_tracking_uri_the_store_is_local_to_the_project(tmp_path: Path) -> None:
+    store = store_for(tmp_path, {})
+    assert store.uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert store.artifact_root == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert store_for(tmp_path, {"MLFLOW_TRACKING_URI": "http://h:5000"}).artifact_root is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('artifacts = { model = "m.pt" }', "needs python_model"),
+        ('python_model = "s.py"\nartefacts = {}', "did you mean 'artifacts'"),
+        ('python_model = "s.py"\ncode_paths = "src"', "code_paths must be a list"),
+        ('python_model = "s.py"\nsignature = { outputs = [] }', "signature must be a table"),
+    ],
+)
+def test_model_settings_reject_mistakes(tmp_path: Path, table: str, message: str) -> None:
+    (tmp_path / "pyproject.toml").write_text(f"[tool.branchflow.model]\n{table}\n")
+    with pytest.raises(BranchflowError, match=message):
+        load_settings(tmp_path)
+
+
+def test_the_input_example_is_a_small_frame_stack() -> None:
+    path = ROOT / load_settings(ROOT).model.input_example
+    example = np.load(path)
+    assert path.stat().st_size < 100_000
+    assert (example.ndim, example.dtype) == (3, np.uint8)
