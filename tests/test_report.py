@@ -249,7 +249,8 @@ def test_champion_column_and_rule(tmp_path_factory: pytest.TempPathFactory, copy
 
     repo = copy_repo(make_metrics_repo(tmp_path_factory.mktemp("champion") / "repo"))
     production = names_for(resolve_context(repo, {}), load_settings(repo)).production_model
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store, store)  # explicit registry: other tests set mlflow's
     experiment = client.create_experiment("champion", artifact_location=(repo / "art").as_uri())
     run = client.create_run(experiment)
     client.log_metric(run.info.run_id, "model.f1", 0.99)

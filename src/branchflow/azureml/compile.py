@@ -65,7 +65,8 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
     """Compile the DVC pipeline at `root` into files under `out` (plus `.amlignore`)."""
     settings = settings or load_settings(root)
     aml = settings.azureml
-    dag = read_dag(root, keep=settings.model.artifacts.values())
+    model_files = settings.model.artifacts.values() if settings.model else ()
+    dag = read_dag(root, keep=model_files)
     stage_settings = _stage_settings(dag, aml)
     env_name, env_version, env_files = _environment(aml)
     environment = f"azureml:{env_name}:{env_version}"
