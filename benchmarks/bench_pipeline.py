@@ -76,8 +76,12 @@ def stage_figures(project: Path, raw: str, label: str, workers: int = 2) -> dict
     return rss
 
 
-def scaling(project: Path, videos: int = 96) -> None:
-    """Videos per second of frames and features with 1 and 2 workers, on full-size videos."""
+def scaling(project: Path, videos: int = 240) -> None:
+    """Videos per second of frames and features with 1 and 2 workers, on full-size videos.
+
+    Interpreter start-up and imports (timed alone) do not parallelise; the figures show the
+    whole stage and its work without them.
+    """
     raw = "data/raw/full-sample"
     synth = ["--scale", "full", "--videos", str(videos), "--out", raw]
     subprocess.run([sys.executable, "-m", "badpixels.synth", *synth], cwd=project, check=True)
@@ -89,14 +93,17 @@ def scaling(project: Path, videos: int = 96) -> None:
         cwd=project,
     )
     for name in ("frames", "features"):
+        start, _ = timed(sys.executable, "-c", f"import badpixels.{name}", cwd=project)
         times = {}
         for workers in (1, 2):
             set_param(project, f"{name}.workers", workers)
             args = STAGES[name].format(raw=raw).split()
             times[workers], _ = timed(sys.executable, "-m", f"badpixels.{name}", *args, cwd=project)
+        work = {w: t - start for w, t in times.items()}
         print(
-            f"{name} (full-size videos): {videos / times[1]:.0f} videos/s with 1 worker, "
-            f"{videos / times[2]:.0f} with 2: {times[1] / times[2]:.2f}x (target >= 1.8x)"
+            f"{name} ({videos} full-size videos): {videos / times[1]:.0f} videos/s with 1 worker, "
+            f"{videos / times[2]:.0f} with 2: {times[1] / times[2]:.2f}x; without the "
+            f"{start:.2f} s start-up: {work[1] / work[2]:.2f}x (target >= 1.8x)"
         )
     shutil.rmtree(project / raw)
 

@@ -31,7 +31,9 @@ def read_video(path: Path) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise StageError(f"{path}: has no video stream; replace it or run `dvc pull`")
-            stack = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # parallelism is one process per file; more oversubscribes
+            stack = [f.to_ndarray(format="gray") for f in container.decode(stream)]
     except av.FFmpegError as exc:
         raise StageError(
             f"{path}: not a readable video ({exc.strerror or type(exc).__name__}); "
