@@ -15,11 +15,12 @@ from cmarkgfm.cmark import Options
 from dvc.utils.flatten import flatten
 
 from branchflow.cli import main
+from branchflow.compare import Base, data_versions
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
 from branchflow.gate import describe_change, run_gate
 from branchflow.report import write_report
-from tests.conftest import sh
+from tests.conftest import init_repo, sh
 from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo
 
 pytestmark = pytest.mark.e2e
@@ -160,7 +161,7 @@ def test_report_on_a_branch_that_changes_train_params(fewer_epochs: Path) -> Non
     data_md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
     found = tables(page)
     assert found["header"] == [
-        ["branch", "base", "data (data.dvc md5)", "run"],
+        ["branch", "base", "data (DVC md5)", "run"],
         [
             f"fewer-epochs at {head} with uncommitted changes",
             f"main at {main_sha}",
@@ -282,3 +283,13 @@ def test_champion_column_and_rule(tmp_path_factory: pytest.TempPathFactory, copy
     rows = {row[0]: row[1:] for row in found["metrics"][1:]}
     assert rows["model.f1"] == ["0.9550", "0.9600", "-0.0050 ▼ worse", "0.9900", "-0.0350 ▼ worse"]
     assert rows["model.loss"] == ["0.1000", "0.1000", "no change", "0.0500", "+0.0500 ▲ worse"]
+
+
+def test_data_version_reads_every_dvc_file_at_both_revisions(tmp_path: Path) -> None:
+    """Any `.dvc` file counts, not only `data.dvc`; several give sorted `path:md5` pairs."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.dvc").write_text("outs:\n- md5: aaa.dir\n  path: raw\n")
+    init_repo(tmp_path)
+    base = Base("main", sh("git", "rev-parse", "HEAD", cwd=tmp_path).stdout.strip())
+    (tmp_path / "labels.csv.dvc").write_text("outs:\n- md5: bbb\n  path: labels.csv\n")
+    assert data_versions(tmp_path, base) == ("data/raw:aaa.dir, labels.csv:bbb", "aaa.dir")

@@ -8,6 +8,7 @@ itself decides reruns from; the champion's metrics come from its MLflow run and 
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from branchflow.context import git
+from branchflow.context import data_version, git
 from branchflow.errors import BranchflowError
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
 LOCK_FILE = "dvc.lock"
-DATA_FILE = "data.dvc"
 METRIC_TAG = "metric."
 WORKSPACE = "workspace"
 
@@ -194,10 +194,30 @@ def stage_changes(root: Path, base: Base) -> list[StageChange]:
     return changes
 
 
-def data_version(root: Path, base: Base | None) -> tuple[str | None, str | None]:
-    """The data's md5 from `data.dvc` in the workspace and at the base (None where absent)."""
-    current = _data_md5(_read_file(root / DATA_FILE))
-    return current, _data_md5(_git_show(root, base.commit, DATA_FILE)) if base else None
+def data_versions(root: Path, base: Base | None) -> tuple[str | None, str | None]:
+    """The data version (`context.data_version`) in the workspace and at the base."""
+    current = data_version(_data_sources(root, None))
+    return current, data_version(_data_sources(root, base.commit)) if base else None
+
+
+def _data_sources(root: Path, commit: str | None) -> list[tuple[str, str]]:
+    """(path, md5) of the output of every `.dvc` file, in the workspace or in `commit`."""
+    if commit is None:
+        listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        documents = {f: _read_file(root / f) for f in listed.stdout.split("\0") if _dvc(f)}
+    else:
+        listed = git(root, "ls-tree", "-r", "-z", "--name-only", commit)
+        documents = {f: _git_show(root, commit, f) for f in listed.stdout.split("\0") if _dvc(f)}
+    return [
+        (posixpath.join(posixpath.dirname(file), out["path"]), out["md5"])
+        for file, document in documents.items()
+        for out in (document.get("outs", []) if isinstance(document, dict) else [])
+        if out.get("path") and out.get("md5")
+    ]
+
+
+def _dvc(file: str) -> bool:
+    return file.endswith(".dvc") and not file.startswith(".dvc/")
 
 
 def find_champion(
@@ -295,11 +315,6 @@ def _params(entry: Mapping[str, Any]) -> dict[str, object]:
 
     by_file = entry.get("params", {}).values()
     return {key: value for values in by_file for key, value in flatten(values).items()}
-
-
-def _data_md5(document: Any) -> str | None:
-    outs = document.get("outs", []) if isinstance(document, dict) else []
-    return next((out.get("md5") for out in outs if out.get("md5")), None)
 
 
 def _qualified_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:

@@ -30,7 +30,7 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,6 +196,15 @@ def _github_line(key: str, value: str) -> str:
         return f"{key}={value}\n"
     delimiter = f"ghadelimiter_{uuid.uuid4().hex}"
     return f"{key}<<{delimiter}\n{value}\n{delimiter}\n"
+
+
+def data_version(sources: Iterable[tuple[str, str]]) -> str | None:
+    """The data a run used, as one string: the md5 of the only DVC data source (the output of
+    a `.dvc` file), else `path:md5` of each, sorted; None when there is none."""
+    pairs = sorted(sources)
+    if len(pairs) == 1:
+        return pairs[0][1]
+    return ", ".join(f"{path}:{md5}" for path, md5 in pairs) or None
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

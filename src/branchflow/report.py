@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from branchflow.compare import (
-    DATA_FILE,
     WORKSPACE,
     Base,
     Comparison,
@@ -23,7 +22,7 @@ from branchflow.compare import (
     StageChange,
     changed_params,
     compare,
-    data_version,
+    data_versions,
     open_dvc,
     resolve_base,
     stage_changes,
@@ -68,7 +67,7 @@ def write_report(
     verdict = evaluate(settings.gate, comparison)
     sections = [
         _verdict_section(verdict, settings.gate, comparison),
-        _header_section(context, base, data_version(root, base)),
+        _header_section(context, base, data_versions(root, base)),
         _metrics_section(comparison, settings.gate),
         _params_section(params, base) if base else "",
         _plots_section(plots, plot_errors, out.parent),
@@ -113,18 +112,18 @@ def _header_section(
     run = context.run_type + (f" #{context.pr_number}" if context.pr_number else "")
     if context.run_url:
         run += f" ([CI run]({context.run_url}))"
-    data_version = _code(current or "unknown")
+    data_cell = _code(current or "unknown")
     if base:
-        data_version += (
+        data_cell += (
             " (same as base)" if current == at_base else f" (base: {_code(at_base or '-')})"
         )
     row = [
         branch,
         f"{_code(base.ref)} at {_code(base.commit[:7])}" if base else "none",
-        data_version,
+        data_cell,
         run,
     ]
-    return "\n".join(_table(["branch", "base", f"data (`{DATA_FILE}` md5)", "run"], [row]))
+    return "\n".join(_table(["branch", "base", "data (DVC md5)", "run"], [row]))
 
 
 def _metrics_section(comparison: Comparison, gate: GateSettings) -> str:

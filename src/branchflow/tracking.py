@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from branchflow.context import Context
+from branchflow.context import Context, data_version
 from branchflow.errors import BranchflowError
 
 if TYPE_CHECKING:
@@ -149,12 +149,12 @@ def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
         metrics = _merge(repo, repo.metrics.show())
         params = _merge(repo, repo.params.show())
         sources = repo.plots.show().get("workspace", {}).get("sources", {}).get("data", {})
-        data = sorted(
+        data = [
             (str(out), out.hash_info.value)
             for stage in repo.index.stages
             if stage.is_data_source
             for out in stage.outs
-        )
+        ]
     lock = root / LOCK_FILE
     return Snapshot(
         params={key: str(value) for key, value in params.items()},
@@ -164,7 +164,7 @@ def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
             if isinstance(value, int | float) and not isinstance(value, bool)
         },
         plots=tuple(sorted(path for path, entry in sources.items() if "error" not in entry)),
-        data_hash=data[0][1] if len(data) == 1 else ", ".join(f"{p}:{h}" for p, h in data) or None,
+        data_hash=data_version(data),
         lock_sha256=file_sha256(lock) if lock.is_file() else None,
     )
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from branchflow.context import data_version
 from branchflow.errors import BranchflowError
 
 
@@ -80,12 +81,9 @@ class Dag:
     out_paths: tuple[str, ...]
     local_remotes: tuple[str, ...]
 
-    def data_hash(self) -> str:
-        """The md5 of the only data source, else a short hash over all of them."""
-        if len(self.data) == 1:
-            return self.data[0].md5
-        listing = "\n".join(f"{source.path} {source.md5}" for source in self.data)
-        return hashlib.sha256(listing.encode()).hexdigest()[:32]
+    def data_hash(self) -> str | None:
+        """The data version, as `branchflow register` tags it."""
+        return data_version((source.path, source.md5) for source in self.data)
 
 
 def ident(text: str) -> str:
