@@ -168,10 +168,8 @@ def load_settings(root: Path) -> Settings:
     """Read `root/pyproject.toml`; a missing file or table gives the defaults."""
     path = root / PYPROJECT
     document = _read_toml(path)
-    table = document.get("tool", {}).get("branchflow", {})
-    if not isinstance(table, dict):
-        raise BranchflowError(f"{path}: [tool.branchflow] must be a table; write it as a table")
-    _reject_unknown_keys(path, table)
+    section = "[tool.branchflow]"
+    table = _table(path, section, document.get("tool", {}).get("branchflow", {}), KNOWN_KEYS)
     tables = ("gate", "model", "azureml", "drift")
     values = {key: _string(path, key, value) for key, value in table.items() if key not in tables}
     base = values.get("base_name") or _default_base_name(document, root)
@@ -201,10 +199,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _reject_unknown_keys(
-    path: Path,
-    table: dict[str, Any],
-    known: tuple[str, ...] = KNOWN_KEYS,
-    section: str = "[tool.branchflow]",
+    path: Path, table: dict[str, Any], known: tuple[str, ...], section: str
 ) -> None:
     for key in table:
         if key not in known:
@@ -214,9 +209,7 @@ def _reject_unknown_keys(
 
 
 def _gate_settings(path: Path, table: object) -> GateSettings:
-    if not isinstance(table, dict):
-        raise BranchflowError(f"{path}: {GATE_SECTION} must be a table; write it as a table")
-    _reject_unknown_keys(path, table, GATE_KEYS, GATE_SECTION)
+    table = _table(path, GATE_SECTION, table, GATE_KEYS)
     key_metric = table.get("key_metric")
     lower = table.get("lower_is_better", [])
     if not isinstance(lower, list) or not all(isinstance(name, str) and name for name in lower):
@@ -256,9 +249,7 @@ def _thresholds(path: Path, rule: str, table: object, prefix: str = "") -> dict[
 def _model_settings(path: Path, table: object) -> ModelSettings | None:
     if table is None:
         return None
-    if not isinstance(table, dict):
-        raise BranchflowError(f"{path}: {MODEL_SECTION} must be a table; write it as a table")
-    _reject_unknown_keys(path, table, MODEL_KEYS, MODEL_SECTION)
+    table = _table(path, MODEL_SECTION, table, MODEL_KEYS)
     if "python_model" not in table:
         raise BranchflowError(
             f"{path}: {MODEL_SECTION} needs python_model = the file that calls "
@@ -287,14 +278,6 @@ def _model_settings(path: Path, table: object) -> ModelSettings | None:
         pip_requirements=None if pip is None else _strings(path, "model.pip_requirements", pip),
         key_metrics=_strings(path, "model.key_metrics", table.get("key_metrics", [])),
     )
-
-
-def _strings(path: Path, key: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise BranchflowError(
-            f"{path}: [tool.branchflow] {key} must be a list of non-empty strings, got {value!r}"
-        )
-    return tuple(value)
 
 
 def _string(path: Path, key: str, value: object) -> str:
