@@ -174,6 +174,8 @@ def _merge(repo: Any, shown: Mapping[str, Any]) -> dict[str, Any]:
 
     Keys carry their file (`file:key`) only when there are several files.
     """
+    from dvc.utils.flatten import flatten
+
     files = shown.get("", {}).get("data", {})
     merged: dict[str, Any] = {}
     for file, entry in files.items():
@@ -182,7 +184,8 @@ def _merge(repo: Any, shown: Mapping[str, Any]) -> dict[str, Any]:
             raise BranchflowError(missing_output(repo, file))
         if error is not None:
             raise BranchflowError(f"{file}: DVC cannot read it ({error}); fix the file")
-        merged.update(flatten(entry.get("data", {}), f"{file}:" if len(files) > 1 else ""))
+        prefix = f"{file}:" if len(files) > 1 else ""
+        merged.update({prefix + k: v for k, v in flatten(entry.get("data", {})).items()})
     return merged
 
 
@@ -227,17 +230,6 @@ def log_snapshot(root: Path, snapshot: Snapshot, model_id: str | None = None) ->
         mlflow.log_artifact(str(root / path), str(Path(path).parent))
     if snapshot.lock_sha256:
         mlflow.log_artifact(str(root / LOCK_FILE))
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to one level, keys joined with `.`."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def file_sha256(path: Path) -> str:
