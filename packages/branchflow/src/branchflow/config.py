@@ -60,7 +60,9 @@ class ModelSettings:
 
     Paths are relative to the project root. `python_model` is an MLflow "model from code" file
     (it calls `mlflow.models.set_model`); `signature` is MLflow's MLmodel signature (`inputs`,
-    `outputs`); `key_metrics` are copied into each registered version's tags.
+    `outputs`); `key_metrics` are copied into each registered version's tags. Without
+    `pip_requirements`, a project with a lock pins `[project].dependencies` plus `lock_groups`
+    from it, and one without lets MLflow infer them.
     """
 
     python_model: str
@@ -69,6 +71,7 @@ class ModelSettings:
     input_example: str | None = None
     signature: Mapping[str, Any] | None = None
     pip_requirements: tuple[str, ...] | None = None
+    lock_groups: tuple[str, ...] = ()
     key_metrics: tuple[str, ...] = ()
 
 
@@ -99,13 +102,15 @@ class AzureMLStage:
 class AzureMLEnvironment:
     """`[tool.branchflow.azureml.environment]`: base image and pip requirements of every stage.
 
-    Loaded settings default `name` to the base name and `pip` to `[project].dependencies`.
+    Loaded settings default `name` to the base name. Without `pip`, the requirements are the
+    lock's pins of `[project].dependencies` plus `lock_groups` (see `branchflow.lock`).
     """
 
     name: str = "branchflow"
     image: str = DEFAULT_AZUREML_IMAGE
     python: str = "3.11"
-    pip: tuple[str, ...] = ()
+    pip: tuple[str, ...] | None = None
+    lock_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,7 @@ def load_settings(root: Path) -> Settings:
         main_branch=values.get("main_branch", "main"),
         gate=_gate_settings(path, table.get("gate", {})),
         model=_model_settings(path, table.get("model")),
-        azureml=_azureml_settings(path, table.get("azureml", {}), base, document),
+        azureml=_azureml_settings(path, table.get("azureml", {}), base),
         drift=_drift_settings(path, table.get("drift", {})),
     )
     _check_pattern(path, settings.name_pattern)
@@ -276,6 +281,7 @@ def _model_settings(path: Path, table: object) -> ModelSettings | None:
         input_example=None if example is None else _string(path, "model.input_example", example),
         signature=signature,
         pip_requirements=None if pip is None else _strings(path, "model.pip_requirements", pip),
+        lock_groups=_strings(path, "model.lock_groups", table.get("lock_groups", [])),
         key_metrics=_strings(path, "model.key_metrics", table.get("key_metrics", [])),
     )
 
@@ -309,9 +315,7 @@ def _check_pattern(path: Path, pattern: str) -> None:
         )
 
 
-def _azureml_settings(
-    path: Path, table: object, base: str, document: dict[str, Any]
-) -> AzureMLSettings:
+def _azureml_settings(path: Path, table: object, base: str) -> AzureMLSettings:
     """`[tool.branchflow.azureml]` with its `environment` and `stages.<stage>` tables."""
     table = _table(path, AZUREML_SECTION, table, AZUREML_KEYS)
     text = {
@@ -326,7 +330,7 @@ def _azureml_settings(
         AZUREML_ENVIRONMENT_KEYS,
     )
     stages = _table(path, "[tool.branchflow.azureml.stages]", table.get("stages", {}))
-    dependencies = document.get("project", {}).get("dependencies", [])
+    pip = env.get("pip")
     return AzureMLSettings(
         compute=text.get("compute", "cpu-cluster").removeprefix("azureml:"),
         datastore=text.get("datastore", "workspaceblobstore"),
@@ -339,7 +343,10 @@ def _azureml_settings(
                 path, "azureml.environment.image", env.get("image", DEFAULT_AZUREML_IMAGE)
             ),
             python=_string(path, "azureml.environment.python", env.get("python", "3.11")),
-            pip=_strings(path, "azureml.environment.pip", env.get("pip", dependencies)),
+            pip=None if pip is None else _strings(path, "azureml.environment.pip", pip),
+            lock_groups=_strings(
+                path, "azureml.environment.lock_groups", env.get("lock_groups", [])
+            ),
         ),
         stages={name: _azureml_stage(path, name, value) for name, value in stages.items()},
     )

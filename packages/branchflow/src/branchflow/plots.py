@@ -39,9 +39,13 @@ def render_plots(
 
     `labels` renames revisions (`workspace`, the base commit) in legends and captions. Most of
     the time is spent in `dvc` and `vl_convert` with the GIL released: run it in a thread.
+    Without the `report` extra (vl-convert), Vega-Lite plots are named in the errors instead.
     """
-    import vl_convert
-
+    try:
+        import vl_convert
+    except ImportError:
+        vl_convert = None
+    unrendered = []
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         result = _dvc_plots_json(root, base_commit, Path(scratch))
@@ -49,7 +53,9 @@ def render_plots(
         for name, entries in result.get("data", {}).items():
             images = []
             for entry in entries:
-                if entry.get("type") == "vega":
+                if entry.get("type") == "vega" and vl_convert is None:
+                    unrendered.append(name)
+                elif entry.get("type") == "vega":
                     spec = _relabel(entry["content"], labels)
                     path = out_dir / f"{_slug(name)}.png"
                     path.write_bytes(
@@ -65,8 +71,14 @@ def render_plots(
                     images.append((labels.get(rev, rev), path))
             if images:
                 plots.append(Plot(title, tuple(images)))
-    errors = result.get("errors", [])
-    return plots, [_error_text(e) for e in errors if e.get("rev", WORKSPACE) == WORKSPACE]
+    errors = [
+        _error_text(e) for e in result.get("errors", []) if e.get("rev", WORKSPACE) == WORKSPACE
+    ]
+    if unrendered:
+        errors.append(
+            f"{', '.join(dict.fromkeys(unrendered))}: not rendered; install branchflow[report]"
+        )
+    return plots, errors
 
 
 def _dvc_plots_json(root: Path, base_commit: str | None, scratch: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import yaml
 from branchflow.azureml.dag import Dag, Step, read_dag
 from branchflow.config import AzureMLSettings, AzureMLStage, Settings, load_settings
 from branchflow.errors import BranchflowError
+from branchflow.lock import environment_requirements
 
 AMLIGNORE = ".amlignore"
 PIPELINE_FILE = "pipeline.yml"
@@ -68,7 +69,7 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
     model_files = settings.model.artifacts.values() if settings.model else ()
     dag = read_dag(root, keep=model_files)
     stage_settings = _stage_settings(dag, aml)
-    env_name, env_version, env_files = _environment(aml)
+    env_name, env_version, env_files = _environment(root, aml)
     environment = f"azureml:{env_name}:{env_version}"
     code = os.path.relpath(root, root / out / COMPONENTS)
     files = {f"{out}/{name}": text for name, text in env_files.items()}
@@ -133,13 +134,14 @@ def _stage_settings(dag: Dag, aml: AzureMLSettings) -> dict[str, AzureMLStage]:
     }
 
 
-def _environment(aml: AzureMLSettings) -> tuple[str, str, dict[str, str]]:
+def _environment(root: Path, aml: AzureMLSettings) -> tuple[str, str, dict[str, str]]:
     """Name, content-hash version and files of the environment (its YAML and conda spec)."""
     env = aml.environment
+    pip = environment_requirements(root, env.pip, env.lock_groups)
     conda = {
         "name": env.name,
         "channels": ["conda-forge"],
-        "dependencies": [f"python={env.python}", "pip", {"pip": list(env.pip)}],
+        "dependencies": [f"python={env.python}", "pip", {"pip": list(pip)}],
     }
     conda_text = _dump(conda)
     version = hashlib.sha256(f"{env.image}\n{conda_text}".encode()).hexdigest()[:16]

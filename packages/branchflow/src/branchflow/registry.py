@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from branchflow.config import MODEL_SECTION, ModelSettings, Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
+from branchflow.lock import environment_requirements, has_lock
 from branchflow.tracking import (
     Store,
     branch_experiments,
@@ -278,8 +279,15 @@ def _package(root: Path, model: ModelSettings) -> dict[str, Any]:
         "code_paths": [str(root / path) for path in model.code_paths] or None,
         "input_example": _input_example(root, model.input_example),
         "signature": _signature(model.signature),
-        "pip_requirements": None if model.pip_requirements is None else [*model.pip_requirements],
+        "pip_requirements": _requirements(root, model),
     }
+
+
+def _requirements(root: Path, model: ModelSettings) -> list[str] | None:
+    """The configured list, else the lock's pins; None (MLflow infers them) without either."""
+    if model.pip_requirements is None and not has_lock(root):
+        return None
+    return [*environment_requirements(root, model.pip_requirements, model.lock_groups)]
 
 
 def _input_example(root: Path, path: str | None) -> Any:
