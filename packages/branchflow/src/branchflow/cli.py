@@ -124,6 +124,22 @@ def gate_command(ctx: click.Context, base_ref: str | None, fetch: bool) -> None:
     ctx.exit(0 if verdict.passed else 1)
 
 
+@main.command("check")
+@click.pass_context
+def check_command(ctx: click.Context) -> None:
+    """List the local Python modules each DVC stage imports but does not declare in `deps`;
+    exit 1 when there are any."""
+    from branchflow.imports import check_imports
+
+    stages = check_imports(Path.cwd())
+    failed = [stage for stage in stages if stage.undeclared]
+    for stage in failed:
+        click.echo(stage.line())
+    if not failed:
+        click.echo(f"all {len(stages)} stages declare their local imports")
+    ctx.exit(1 if failed else 0)
+
+
 _FORMAT = click.option(
     "--format",
     "output_format",
