@@ -114,6 +114,25 @@ def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
 
 
+def test_training_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    """A fresh clone's `dvc repro` on a 4-vCPU runner must match a lock made on a laptop."""
+    files = feature_files(tmp_path / "train", videos=2)
+    params = TrainParams(epochs=1, batch_size=128, learning_rate=0.003, width=8, seed=0)
+    before = torch.get_num_threads()
+    saved = {}
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            path = tmp_path / str(threads) / "model.pt"  # torch.save writes the name in the file
+            path.parent.mkdir()
+            save_model(path, train(files, params, RULE.patch), RULE)
+            assert torch.get_num_threads() == threads  # train() puts the caller's count back
+            saved[threads] = hashlib.sha256(path.read_bytes()).hexdigest()
+    finally:
+        torch.set_num_threads(before)
+    assert saved[1] == saved[2] == saved[4]
+
+
 def test_detector_carries_its_preprocessing(trained: tuple[Path, np.ndarray]) -> None:
     """Detector on raw frames equals the net on the patches the features stage would cut."""
     path, frames = trained

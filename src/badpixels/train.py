@@ -1,8 +1,9 @@
 """Stage `train`: fit the patch CNN on the training videos' candidates.
 
-CPU by default, CUDA when present; seeded and deterministic on CPU. Under `torchrun` (or Azure
-ML's PyTorch distribution: WORLD_SIZE > 1) each process trains on its share of every batch with
-DDP (gloo on CPU, NCCL on GPU), and rank 0 alone writes the model.
+CPU by default, CUDA when present; seeded and deterministic on CPU, the same bytes whatever the
+machine's core count or OMP_NUM_THREADS. Under `torchrun` (or Azure ML's PyTorch distribution:
+WORLD_SIZE > 1) each process trains on its share of every batch with DDP (gloo on CPU, NCCL on
+GPU), and rank 0 alone writes the model.
 
     python -m badpixels.train data/processed/features models/model.pt
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,18 @@ def join_workers() -> Workers:
 
 
 CHUNK_VIDEOS = 8  # videos read at once: bounds memory; part of the shuffling, so of the result
+CPU_THREADS = 1  # intra-op threads of CPU training, whatever the machine: part of the result
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run torch's CPU ops on `count` threads for the duration, then restore the caller's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def feature_files(folder: Path) -> list[Path]:
@@ -102,29 +116,37 @@ def train(
 
     With several workers each takes every `size`-th sample of each batch; DDP averages their
     gradients, so batches and steps stay those of a single process.
+
+    On the CPU it runs on CPU_THREADS intra-op threads, the caller's count restored on return:
+    oneDNN splits the conv weight and bias gradients' sums over the batch across threads, so
+    another count rounds them otherwise and changes the model's bytes. The net is small: a
+    second thread saves about a fifth of the stage on two idle cores, and makes it several
+    times slower when the cores are busy.
     """
     torch.manual_seed(params.seed)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", workers.local_rank) if cuda else torch.device("cpu")
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    net = PixelNet(patch, params.width).to(device)
-    ddp = DistributedDataParallel(net, [device] if cuda else None) if workers.size > 1 else None
-    optimiser = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
-    loss_fn = nn.CrossEntropyLoss()
-    order = torch.Generator().manual_seed(params.seed)
-    for _ in tqdm(range(params.epochs), desc="train", disable=None if workers.rank == 0 else True):
-        for x, y in batches(files, params.batch_size, order):
-            optimiser.zero_grad()
-            if ddp is None:
-                loss = loss_fn(net(x.to(device)), y.to(device))
-            else:  # summed over this share, scaled so the mean over workers is the batch mean
-                share = slice(workers.rank, None, workers.size)
-                logits = ddp(x[share].to(device))
-                loss = nn.functional.cross_entropy(logits, y[share].to(device), reduction="sum")
-                loss = loss * (workers.size / len(y))
-            loss.backward()
-            optimiser.step()
+    with intra_op_threads(CPU_THREADS) if device.type == "cpu" else nullcontext():
+        net = PixelNet(patch, params.width).to(device)
+        ddp = DistributedDataParallel(net, [device] if cuda else None) if workers.size > 1 else None
+        optimiser = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
+        loss_fn = nn.CrossEntropyLoss()
+        order = torch.Generator().manual_seed(params.seed)
+        quiet = None if workers.rank == 0 else True
+        for _ in tqdm(range(params.epochs), desc="train", disable=quiet):
+            for x, y in batches(files, params.batch_size, order):
+                optimiser.zero_grad()
+                if ddp is None:
+                    loss = loss_fn(net(x.to(device)), y.to(device))
+                else:  # summed over this share, scaled so the mean over workers is the batch mean
+                    share = slice(workers.rank, None, workers.size)
+                    logits = ddp(x[share].to(device))
+                    loss = nn.functional.cross_entropy(logits, y[share].to(device), reduction="sum")
+                    loss = loss * (workers.size / len(y))
+                loss.backward()
+                optimiser.step()
     return net.cpu().eval()
 
 
