@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {
     "toolkit alone": ["--package", "branchflow", "--no-default-groups"],
     "example (main job)": ["--no-dev"],
-    "test command": [],
+    "test command": ["--compile-bytecode"],
 }
 
 

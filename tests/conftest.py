@@ -8,9 +8,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -103,35 +104,73 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URI of a real `mlflow server` (sqlite, local artifacts), one per test session."""
-    home = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
-    command += ["--artifacts-destination", str(home / "artifacts")]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with (home / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            command, cwd=home, env=env, stdout=log, stderr=log, start_new_session=True
-        )
-    uri = f"http://127.0.0.1:{port}"
-    try:
+@dataclass
+class MlflowServer:
+    """A real `mlflow server` (sqlite, local artifacts) started in the background."""
+
+    home: Path
+    process: subprocess.Popen[bytes]
+    uri: str
+
+    @classmethod
+    def start(cls, home: Path) -> MlflowServer:
+        port = free_port()
+        command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
+        command += ["--artifacts-destination", str(home / "artifacts")]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with (home / "server.log").open("wb") as log:
+            process = subprocess.Popen(
+                command, cwd=home, env=env, stdout=log, stderr=log, start_new_session=True
+            )
+        return cls(home, process, f"http://127.0.0.1:{port}")
+
+    def wait_healthy(self) -> None:
         deadline = time.monotonic() + 90
-        while not _healthy(uri):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(home / 'server.log').read_text()}")
+        while not _healthy(self.uri):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow server did not start:\n{(self.home / 'server.log').read_text()}"
+                )
             time.sleep(0.2)
-        yield uri
-    finally:
+
+    def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-            os.killpg(server.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+SERVER = pytest.StashKey[MlflowServer]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the server once the selected tests are known to need it: it boots (about 10 s of
+    imports and migrations) on the other core while the tests before them run."""
+    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        home = Path(tempfile.mkdtemp(prefix="branchflow-mlflow-"))
+        session.config.stash[SERVER] = MlflowServer.start(home)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    server = session.config.stash.get(SERVER, None)
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(request: pytest.FixtureRequest) -> str:
+    """The URI of the session's real `mlflow server`, one per test session."""
+    if SERVER not in request.config.stash:  # selected after collection, by a plugin
+        home = Path(tempfile.mkdtemp(prefix="branchflow-mlflow-"))
+        request.config.stash[SERVER] = MlflowServer.start(home)
+    server = request.config.stash[SERVER]
+    server.wait_healthy()
+    return server.uri
 
 
 def _healthy(uri: str) -> bool:
@@ -140,3 +179,12 @@ def _healthy(uri: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+@pytest.fixture(scope="session")
+def pyfunc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reproduced project of `tests/pyfunc_project.py` (a few-line pyfunc model). Do
+    not modify it: copy it with `copy_repo` first."""
+    from tests.pyfunc_project import make_pyfunc_repo  # it imports this module
+
+    return make_pyfunc_repo(tmp_path_factory.mktemp("pyfunc") / "repo")

@@ -1,4 +1,5 @@
-"""register, promote, rollback, history and prune against a real MLflow server (no mocks)."""
+"""register, promote, rollback, history and prune against a real MLflow server (no mocks), on
+the tiny pyfunc project of `tests/pyfunc_project.py`; one e2e test registers the example's CNN."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,20 +16,19 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
-from badpixels.model import Detector
 from branchflow.cli import main
 from branchflow.config import load_settings
 from branchflow.context import Names, names_for, resolve_context
 from branchflow.errors import BranchflowError
 from branchflow.registry import CANDIDATE, CHAMPION, history, promote, prune, register, rollback
 from branchflow.tracking import store_for
-from tests.conftest import BRANCHES, ROOT, free_port, sh
+from tests.conftest import EVIL, ROOT, free_port, sh
+from tests.pyfunc_project import DATA, EXAMPLE, METRICS, MODEL, PLOT, other_bytes
 
-FRAMES = "data/interim/frames/vid0000.npy"
+FRAMES = "data/interim/frames/vid0000.npy"  # a frame stack of the example's data
 
 
 @pytest.fixture(autouse=True)
@@ -42,9 +41,9 @@ def environment(monkeypatch: pytest.MonkeyPatch, mlflow_server: str) -> None:
 
 
 @pytest.fixture
-def repo(reproduced_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
-    """A reproduced project (trained model, metrics) this test may change."""
-    return copy_repo(reproduced_repo)
+def repo(pyfunc_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
+    """A reproduced project (model `x > 0.5`, metrics) this test may change."""
+    return copy_repo(pyfunc_repo)
 
 
 @pytest.fixture
@@ -61,20 +60,17 @@ def names(repo: Path, branch: str) -> Names:
     return names_for(resolve_context(repo, on(branch)), load_settings(repo))
 
 
-def other_bytes(repo: Path) -> None:
-    """Another model file (same weights, one more entry), without training again."""
-    saved = torch.load(repo / "models/model.pt", weights_only=True)
-    torch.save({**saved, "note": "same weights, other bytes"}, repo / "models/model.pt")
+def predict(model_uri: str, model_input: np.ndarray) -> list[object]:
+    return mlflow.pyfunc.load_model(model_uri).predict(model_input).tolist()
 
 
 def test_promote_then_rollback_restores_the_champion(
-    repo: Path, client: mlflow.MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The only test that moves the production model's champion on the session's server."""
+    """The only test that moves the tiny project's champion on the session's server."""
     branch = "release/flow"
     production = names(repo, branch).production_model
     first = register(repo, on(branch))
-    shutil.copy(repo / "models/model.pt", tmp_path / "first.pt")
     promote(repo, f"models:/{first.model}@{CANDIDATE}", "first", on(branch, GITHUB_ACTOR="ana"))
     other_bytes(repo)
     second = register(repo, on(branch))
@@ -111,15 +107,11 @@ def test_promote_then_rollback_restores_the_champion(
     listed = CliRunner().invoke(main, ["history", "--format", "json"])
     assert json.loads(listed.output) == [dataclasses.asdict(m) for m in moves]
 
-    # The champion serves the first model: a defect map of a real frame stack.
-    frames = np.load(repo / FRAMES)
-    found = mlflow.pyfunc.load_model(f"models:/{production}@{CHAMPION}").predict(frames)
-    assert np.array_equal(found, Detector(tmp_path / "first.pt").detect(frames))
-    with (repo / "data/raw/toy/labels.csv").open(newline="") as handle:
-        truth = [
-            (int(r["y"]), int(r["x"])) for r in csv.DictReader(handle) if r["video"] == "vid0000"
-        ]
-    assert truth and sum(found[y, x] > 0 for y, x in truth) >= 0.8 * len(truth)
+    # The champion serves the first model, which answers otherwise than the second.
+    example = np.load(repo / EXAMPLE)
+    served = predict(f"models:/{production}@{CHAMPION}", example)
+    assert served == predict(f"models:/{first.model}/{first.version}", example)
+    assert served != predict(f"models:/{second.model}/{second.version}", example)
 
     # Both versions back production copies: prune keeps them and their experiment.
     plan = prune(repo, branch, dry_run=True, env=on(branch))
@@ -130,8 +122,10 @@ def test_promote_then_rollback_restores_the_champion(
 def test_branch_names_register_under_distinct_names(
     repo: Path, client: mlflow.MlflowClient
 ) -> None:
-    registered = {branch: register(repo, on(branch)) for branch in BRANCHES}
-    assert len({r.model for r in registered.values()}) == len(BRANCHES)
+    """The hardest names of BRANCHES (test_context checks every one offline) on a real server."""
+    branches = [EVIL, "user/ünïcode", "b" * 300, "Feature", "feature", "a/b", "a-b"]
+    registered = {branch: register(repo, on(branch)) for branch in branches}
+    assert len({r.model for r in registered.values()}) == len(branches)
     for branch, registration in registered.items():
         version = client.get_model_version(registration.model, registration.version)
         assert version.tags["branch"] == branch
@@ -147,12 +141,13 @@ def test_a_run_records_dvc_state_and_the_version_its_provenance(
 ) -> None:
     registration = register(repo, on("provenance"))
     version = client.get_model_version(registration.model, registration.version)
-    run = client.get_run(registration.run_id)
-    data_md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    run_id = registration.run_id
+    run = client.get_run(run_id)
+    data_md5 = yaml.safe_load((repo / f"{DATA}.dvc").read_text())["outs"][0]["md5"]
     lock = hashlib.sha256((repo / "dvc.lock").read_bytes()).hexdigest()
-    model = hashlib.sha256((repo / "models/model.pt").read_bytes()).hexdigest()
-    assert run.data.params["train.seed"] == "0"
-    assert run.data.metrics["cnn.overall.f1"] > 0.5
+    model = hashlib.sha256((repo / MODEL).read_bytes()).hexdigest()
+    assert (run.data.params["train.seed"], run.data.params["train.threshold"]) == ("0", "0.5")
+    assert run.data.metrics == {"model.accuracy": 1.0, "model.points": 4.0}
     dirty = bool(sh("git", "status", "--porcelain", cwd=repo).stdout.strip())
     assert {key: run.data.tags[key] for key in ("data_hash", "dvc_lock_sha256", "dirty")} == {
         "data_hash": data_md5,
@@ -160,13 +155,10 @@ def test_a_run_records_dvc_state_and_the_version_its_provenance(
         "dirty": str(dirty).lower(),
     }
     assert version.tags["model_sha256"] == model
-    assert float(version.tags["metric.cnn.overall.f1"]) == run.data.metrics["cnn.overall.f1"]
-    artifacts = {
-        a.path
-        for folder in ("", "reports/plots", "reports/figures")
-        for a in client.list_artifacts(run.info.run_id, folder)
-    }
-    assert {"dvc.lock", "reports/plots/pr_cnn.csv", "reports/figures/detections.png"} <= artifacts
+    assert version.tags["metric.model.accuracy"] == "1.0"
+    assert "metric.model.points" not in version.tags  # not a key metric
+    logged = {a.path for folder in ("", "reports") for a in client.list_artifacts(run_id, folder)}
+    assert {"dvc.lock", PLOT} <= logged
 
 
 def test_same_model_bytes_register_once(
@@ -184,27 +176,33 @@ def test_same_model_bytes_register_once(
 
 
 def test_unreachable_server_fails_fast_in_one_line(repo: Path, client: mlflow.MlflowClient) -> None:
+    """The retry settings a user gives win over branchflow's (here: one retry, no backoff)."""
     uri = f"http://127.0.0.1:{free_port()}"
+    retries = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    }
     started = time.monotonic()
     result = subprocess.run(
         ["branchflow", "register"],
         cwd=repo,
-        env=on("unreachable", MLFLOW_TRACKING_URI=uri),
+        env=on("unreachable", MLFLOW_TRACKING_URI=uri, **retries),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert time.monotonic() - started < 30
     assert result.returncode == 1
-    assert result.stderr.startswith(f"error: cannot reach MLflow tracking server at {uri} ")
+    assert result.stderr.startswith(
+        f"error: cannot reach MLflow tracking server at {uri} (tried 2 times); "
+    )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     model = names(repo, "unreachable").model
     assert client.search_registered_models(f"name = '{model}'") == []
 
 
-@pytest.mark.parametrize(
-    ("path", "stage"), [("models/model.pt", "train"), ("reports/metrics.json", "evaluate")]
-)
+@pytest.mark.parametrize(("path", "stage"), [(MODEL, "train"), (METRICS, "evaluate")])
 def test_a_missing_output_names_the_stage_that_writes_it(
     repo: Path,
     client: mlflow.MlflowClient,
@@ -222,6 +220,7 @@ def test_a_missing_output_names_the_stage_that_writes_it(
     assert client.search_registered_models(f"name = '{model}'") == []
 
 
+@pytest.mark.e2e  # two `branchflow register` processes at once
 def test_two_branches_register_concurrently(repo: Path, client: mlflow.MlflowClient) -> None:
     branches = ["concurrent/one", "concurrent/two"]
     processes = [
@@ -307,8 +306,28 @@ def test_model_settings_reject_mistakes(tmp_path: Path, table: str, message: str
         load_settings(tmp_path)
 
 
-def test_the_input_example_is_a_small_frame_stack() -> None:
+@pytest.mark.e2e
+def test_the_example_champion_maps_the_defects_of_a_frame_stack(
+    reproduced_repo: Path, copy_repo: Callable[[Path], Path]
+) -> None:
+    """The example's CNN, registered and promoted, serves `Detector`'s defect map of real frames,
+    which finds the labelled bad pixels; its input example is a small frame stack."""
+    from badpixels.model import Detector
+
     path = ROOT / load_settings(ROOT).model.input_example
     example = np.load(path)
     assert path.stat().st_size < 100_000
     assert (example.ndim, example.dtype) == (3, np.uint8)
+
+    repo, branch = copy_repo(reproduced_repo), "release/example"
+    registration = register(repo, on(branch))
+    promote(repo, f"models:/{registration.model}@{CANDIDATE}", "e2e", on(branch))
+    production = names(repo, branch).production_model
+    frames = np.load(repo / FRAMES)
+    found = mlflow.pyfunc.load_model(f"models:/{production}@{CHAMPION}").predict(frames)
+    assert np.array_equal(found, Detector(repo / "models/model.pt").detect(frames))
+    with (repo / "data/raw/toy/labels.csv").open(newline="") as handle:
+        truth = [
+            (int(r["y"]), int(r["x"])) for r in csv.DictReader(handle) if r["video"] == "vid0000"
+        ]
+    assert truth and sum(found[y, x] > 0 for y, x in truth) >= 0.8 * len(truth)

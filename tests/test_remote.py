@@ -64,6 +64,7 @@ def add_azure_remote(repo: Path, port: int) -> None:
     )
 
 
+@pytest.mark.e2e
 def test_toy_set_round_trips_through_azure_blob(
     project_repo: Path, azurite: int, tmp_path: Path
 ) -> None:
