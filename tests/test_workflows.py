@@ -9,7 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +323,24 @@ def pull_request(reproduced_repo: Path, copy_repo, tmp_path: Path) -> dict[str, 
     )
     contexts = {"github": {"event": event}, "secrets": {}}
     return {"repo": repo, "env": env, "contexts": contexts, "base": base}
+
+
+def test_pr_checks_run_the_pipeline_checks(
+    project_repo: Path, copy_repo: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """The checks job runs ruff, `branchflow check` and `azureml compile --check`, and they pass
+    on a fresh copy of this repository (before pytest, which other tests cover)."""
+    repo = copy_repo(project_repo)
+    env = github_env(tmp_path, repo, GITHUB_EVENT_NAME="pull_request")
+    results = run_job("pr.yml", "checks", "ruff check", "branchflow azureml compile --check",
+                      repo, env, {})  # fmt: skip
+    assert [r.args[-1] for r in results] == [
+        "ruff check",
+        "ruff format --check",
+        "branchflow check",
+        "branchflow azureml compile --check",
+    ]
+    assert results[-1].returncode == 0, results[-1].stderr
 
 
 @pytest.mark.e2e
