@@ -258,7 +258,7 @@ def test_a_foreach_group_becomes_sibling_nodes(tmp_path: Path) -> None:
     pyproject = repo / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("stages.train]", "stages.trian]"))
     result = run_cli(repo, "azureml", "compile")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "names trian, which dvc.yaml does not define" in result.stderr
 
 
@@ -349,7 +349,7 @@ def test_submit_dry_run_prints_a_job_that_loads(compiled: Path, tmp_path: Path) 
 
 def test_submit_without_workspace_variables_names_them_in_one_line(compiled: Path) -> None:
     result = run_cli(compiled, "azureml", "submit", "--wait")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr == (
         "error: AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE not set: set "
         "them to the Azure ML workspace to submit to, or use --dry-run\n"

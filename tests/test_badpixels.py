@@ -105,17 +105,9 @@ def test_batches_have_one_shape_and_cover_each_sample_once(tmp_path: Path) -> No
     assert (drawn <= available).all() and available.sum() - drawn.sum() < 64
 
 
-def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
-    files = feature_files(tmp_path / "train", videos=2)
-    params = TrainParams(epochs=1, batch_size=128, learning_rate=0.003, width=8, seed=0)
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        save_model(tmp_path / name / "model.pt", train(files, params, RULE.patch), RULE)
-    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
-
-
-def test_training_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
-    """A fresh clone's `dvc repro` on a 4-vCPU runner must match a lock made on a laptop."""
+def test_training_is_deterministic_whatever_the_thread_count(tmp_path: Path) -> None:
+    """Three trainings, on 1, 2 and 4 threads, write the same bytes: a fresh clone's `dvc repro`
+    on a 4-vCPU runner must match a lock made on a 2-core laptop."""
     files = feature_files(tmp_path / "train", videos=2)
     params = TrainParams(epochs=1, batch_size=128, learning_rate=0.003, width=8, seed=0)
     before = torch.get_num_threads()

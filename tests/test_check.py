@@ -159,6 +159,6 @@ def test_malformed_dvc_yaml_and_unreadable_python_are_one_line_errors(project, m
 
     (repo / "dvc.yaml").write_text("stages:\n  train:\n    cmd: [unclosed\n")
     result = check(repo, monkeypatch)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.startswith("error: cannot read the DVC pipeline in ")
     assert len(result.stderr.splitlines()) == 1

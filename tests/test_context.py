@@ -430,13 +430,13 @@ def test_cli_github_requires_the_files(
     repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     result = invoke(repo, monkeypatch, "--format", "github", GITHUB_ENV=str(tmp_path / "env"))
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.startswith("error: $GITHUB_OUTPUT not set")
 
 
 def test_cli_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke(tmp_path, monkeypatch)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ") and "not a git repository" in result.stderr
     assert "Traceback" not in result.output

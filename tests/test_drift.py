@@ -133,7 +133,7 @@ def test_bad_statistics_files_are_one_line_errors(
     if content is not None:
         current.write_text(content)
     result = drift(project, stats["reference"], current)
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 

@@ -153,7 +153,7 @@ def test_shallow_clone_without_the_base_says_how_to_fetch_it(
     assert executable, "branchflow is not installed on PATH"
     gate = [executable, "gate", "--base", "origin/main"]
     result = subprocess.run(gate, cwd=clone, capture_output=True, text=True, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stdout == ""
     assert result.stderr == (
         "error: base ref 'origin/main' is not in this clone; "

@@ -325,6 +325,7 @@ def pull_request(reproduced_repo: Path, copy_repo, tmp_path: Path) -> dict[str, 
     return {"repo": repo, "env": env, "contexts": contexts, "base": base}
 
 
+@pytest.mark.e2e
 def test_pr_checks_run_the_pipeline_checks(
     project_repo: Path, copy_repo: Callable[[Path], Path], tmp_path: Path
 ) -> None:

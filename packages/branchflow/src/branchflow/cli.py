@@ -12,27 +12,76 @@ import click
 
 from branchflow import __version__
 from branchflow.azureml.cli import azureml
-from branchflow.errors import BranchflowError
+from branchflow.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TOOL,
+    EXIT_USAGE,
+    EXIT_VERDICT,
+    BranchflowError,
+)
+
+EXIT_CODES_HELP = f"""\b
+Exit status:
+  {EXIT_OK}    passed
+  {EXIT_VERDICT}    a verdict said no: gate, check, drift --fail-on-drift,
+       azureml compile --check
+  {EXIT_USAGE}    usage error: unknown option, bad argument
+  {EXIT_TOOL}    tool error: bad config, missing file, unreachable server,
+       DVC failure, or a bug (then with a traceback)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
 
 
 class _UserError(click.ClickException):
-    """A `BranchflowError` shown as one `error: ...` line on stderr (exit status 1)."""
+    """A `BranchflowError` shown as one `error: ...` line on stderr, exit status `EXIT_TOOL`."""
+
+    exit_code = EXIT_TOOL
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        lines = [line.strip() for line in self.format_message().splitlines()]
+        click.echo(f"error: {' '.join(line for line in lines if line)}", err=True)
 
 
 class _Group(click.Group):
-    """Turns a `BranchflowError` from any (sub)command into `_UserError`: no traceback."""
+    """The one place where failures get their exit codes (see `branchflow.errors`).
+
+    A `BranchflowError` from any (sub)command becomes `_UserError`: one line, no traceback.
+    Verdicts (`ctx.exit(EXIT_VERDICT)`) and click's usage errors pass through unchanged. An
+    unexpected exception is a bug: its traceback, then one `error:` line, exit `EXIT_TOOL`, so
+    that it is never taken for a verdict.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BranchflowError as exc:
             raise _UserError(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException):
+            raise  # they carry their own exit codes
+        except (click.Abort, KeyboardInterrupt, EOFError):
+            click.echo(err=True)  # closes the terminal's ^C echo
+            click.echo("Aborted!", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except SystemExit as exc:  # a library's sys.exit(): its status would pass for a verdict
+            if exc.code in (None, EXIT_OK):
+                raise
+            raise _UserError(f"stopped by an unexpected sys.exit({exc.code!r})") from None
+        except Exception as exc:
+            import traceback
+
+            click.echo(traceback.format_exc(), err=True, nl=False)
+            raise _UserError(
+                f"unexpected {type(exc).__name__} (a bug in branchflow {__version__}); "
+                "please report it with the traceback above"
+            ) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP,
+)
 @click.version_option(__version__, prog_name="branchflow")
 def main() -> None:
     """GitOps CI/CD for ML pipelines: DVC DAGs, branch-aware MLflow runs, PR reports."""
@@ -121,7 +170,7 @@ def gate_command(ctx: click.Context, base_ref: str | None, fetch: bool) -> None:
     verdict = run_gate(Path.cwd(), base_ref or default_base(), fetch=fetch)
     for line in verdict.lines():
         click.echo(line)
-    ctx.exit(0 if verdict.passed else 1)
+    ctx.exit(EXIT_OK if verdict.passed else EXIT_VERDICT)
 
 
 @main.command("check")
@@ -137,7 +186,7 @@ def check_command(ctx: click.Context) -> None:
         click.echo(stage.line())
     if not failed:
         click.echo(f"all {len(stages)} stages declare their local imports")
-    ctx.exit(1 if failed else 0)
+    ctx.exit(EXIT_VERDICT if failed else EXIT_OK)
 
 
 _FORMAT = click.option(
@@ -238,4 +287,4 @@ def drift_command(ctx: click.Context, reference: Path, current: Path, fail_on_dr
     click.echo("\n".join(drift.lines()))
     if write_github_output(drift):
         click.echo(f"drift={'true' if drift.drifted else 'false'} written to $GITHUB_OUTPUT")
-    ctx.exit(1 if fail_on_drift and drift.drifted else 0)
+    ctx.exit(EXIT_VERDICT if fail_on_drift and drift.drifted else EXIT_OK)

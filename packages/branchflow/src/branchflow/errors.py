@@ -1,7 +1,23 @@
-"""Errors that the command line reports as one line, without a traceback."""
+"""Errors that the command line reports as one line, without a traceback, and its exit codes.
+
+The exit codes follow pytest's convention, so CI can tell a rejected change from a broken build:
+
+- `EXIT_OK` (0): passed.
+- `EXIT_VERDICT` (1): a check ran and said no: `gate` failed, `check` found undeclared imports,
+  `drift --fail-on-drift` found drift, `azureml compile --check` found stale files.
+- `EXIT_USAGE` (2): the command line is wrong (click's own: unknown option, bad argument).
+- `EXIT_TOOL` (3): the tool could not do its work: a `BranchflowError` (bad config, missing
+  file, unreachable server, DVC failure) or an unexpected exception (a bug).
+"""
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_VERDICT = 1
+EXIT_USAGE = 2
+EXIT_TOOL = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: not a verdict either
+
 
 class BranchflowError(Exception):
-    """A problem the user can fix; the message says how."""
+    """A problem the user can fix; the message says how. Exit status `EXIT_TOOL`."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from branchflow.errors import BranchflowError
+from branchflow.errors import EXIT_TOOL, EXIT_VERDICT, BranchflowError
 
 DEFAULT_OUT = "pipelines/azureml"
 OUT_HELP = "Folder of the generated YAML, relative to the repository root."
@@ -23,9 +23,11 @@ def azureml() -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Write nothing; show a diff and exit 1 if the files differ from a fresh compile.",
+    help=f"Write nothing; show a diff and exit {EXIT_VERDICT} if the files differ from a fresh "
+    "compile.",
 )
-def compile_command(out: str, check: bool) -> None:
+@click.pass_context
+def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     """Write a component per DVC stage, the pipeline job, its environment and .amlignore,
     then validate them offline with the Azure ML SDK."""
     from branchflow.azureml.compile import compile_project, diff_files, write_files
@@ -38,9 +40,12 @@ def compile_command(out: str, check: bool) -> None:
         diff = diff_files(root, out, compiled.files)
         if diff:
             click.echo(diff, nl=False)
-            raise BranchflowError(
-                f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
+            click.echo(  # a verdict on the change, like `gate`'s: not a tool error
+                f"error: {out} is out of date with dvc.yaml; run `branchflow azureml compile` "
+                "and commit",
+                err=True,
             )
+            ctx.exit(EXIT_VERDICT)
         validate(root, out)
         click.echo(f"{out} is up to date and valid")
         return
@@ -53,7 +58,7 @@ def compile_command(out: str, check: bool) -> None:
 
 @azureml.command("submit")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help=OUT_HELP)
-@click.option("--wait", is_flag=True, help="Follow the job; exit 1 unless it completes.")
+@click.option("--wait", is_flag=True, help=f"Follow the job; exit {EXIT_TOOL} unless it completes.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
