@@ -146,6 +146,26 @@ def test_pr_number_from_event_payload(repo: Path, tmp_path: Path) -> None:
     assert (context.run_type, context.pr_number) == ("pr", 9)
 
 
+def test_pr_number_in_the_payload_must_be_a_positive_whole_number(
+    repo: Path, tmp_path: Path
+) -> None:
+    event = tmp_path / "event.json"
+    env = {"GITHUB_EVENT_NAME": "pull_request", "GITHUB_EVENT_PATH": str(event)}
+    for number in (True, -3, "7", 2.0):
+        event.write_text(json.dumps({"pull_request": {"number": number}}))
+        assert resolve_context(repo, env).pr_number is None
+
+
+def test_a_git_branch_that_is_not_utf8(repo: Path) -> None:
+    subprocess.run([b"git", b"checkout", b"-q", b"-b", b"feat\xff"], cwd=repo, check=True)
+    with pytest.raises(BranchflowError) as raised:
+        resolve_context(repo, {})
+    assert str(raised.value) == (
+        "the checked-out branch is not valid UTF-8 (b'feat\\xff'); rename it: "
+        "git branch -m <new name>"
+    )
+
+
 def test_explicit_pr_and_commit(repo: Path) -> None:
     sha = "ABCDEF0123456789ABCDEF0123456789ABCDEF01"
     context = resolve_context(repo, {"BRANCHFLOW_PR": "5", "BRANCHFLOW_COMMIT": sha})
@@ -157,7 +177,13 @@ def test_explicit_pr_and_commit(repo: Path) -> None:
     ("env", "message"),
     [
         ({"BRANCHFLOW_PR": "abc"}, "BRANCHFLOW_PR"),
+        ({"BRANCHFLOW_PR": "\u0663"}, "BRANCHFLOW_PR='\u0663' is not a number"),  # Arabic 3
         ({"BRANCHFLOW_COMMIT": "abc123"}, "BRANCHFLOW_COMMIT"),
+        # What os.environ holds for bytes that are not UTF-8: lone surrogates.
+        *(
+            ({key: "feat\udcff"}, rf"\${key} is not valid UTF-8 \(b'feat\\xff'\); branchflow")
+            for key in ("GITHUB_HEAD_REF", "BUILD_SOURCEBRANCH", "GITHUB_RUN_ID", "CI")
+        ),
     ],
 )
 def test_bad_overrides_are_errors(repo: Path, env: dict[str, str], message: str) -> None:
@@ -434,6 +460,24 @@ def test_cli_github_requires_the_files(
     assert result.stderr.startswith("error: $GITHUB_OUTPUT not set")
 
 
+@pytest.mark.parametrize("where", ["a folder", "in a missing folder"])
+def test_cli_github_file_that_cannot_be_appended_to(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    env_file = tmp_path / "env" if where == "a folder" else tmp_path / "gone" / "env"
+    (tmp_path / "env").mkdir()
+    output_file = tmp_path / "output"
+    github = {"GITHUB_ENV": str(env_file), "GITHUB_OUTPUT": str(output_file)}
+    result = invoke(repo, monkeypatch, "--format", "github", **github)
+    assert result.exit_code == 3
+    reason = "Is a directory" if where == "a folder" else "No such file or directory"
+    assert result.stderr == (
+        f"error: $GITHUB_ENV={env_file}: cannot append to it ({reason}); it must name a "
+        "writable file, as GitHub Actions sets it\n"
+    )
+    assert not output_file.exists()  # nothing written to the other file either
+
+
 def test_cli_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke(tmp_path, monkeypatch)
     assert result.exit_code == 3
@@ -457,6 +501,19 @@ def test_real_subprocess(repo: Path, tmp_path: Path) -> None:
     assert data["branch"] == EVIL
     assert data["names"]["experiment"].startswith("training_demo-project_x-rm-rf-touch-pwned-id--")
     assert not (repo / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_real_subprocess_with_a_branch_that_is_not_utf8(repo: Path) -> None:
+    executable = shutil.which("branchflow")
+    assert executable, "branchflow is not installed on PATH"
+    env = {**os.environb, b"BRANCHFLOW_BRANCH": b"feat\xff"}
+    result = subprocess.run([executable, "context"], cwd=repo, capture_output=True, env=env)
+    assert result.returncode == 3
+    assert result.stdout == b""
+    assert result.stderr == (
+        b"error: $BRANCHFLOW_BRANCH is not valid UTF-8 (b'feat\\xff'); branchflow needs UTF-8 "
+        b"text: rename the branch, or fix or unset the variable\n"
+    )
 
 
 def test_help_does_not_import_the_toolkit() -> None:

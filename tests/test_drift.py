@@ -91,6 +91,31 @@ def test_doubled_noise_is_drift(stats: dict[str, Path], project: Path, tmp_path:
     assert "written to $GITHUB_OUTPUT" not in failing.stdout  # no GITHUB_OUTPUT, no file
 
 
+def test_github_output_that_is_a_folder(
+    stats: dict[str, Path], project: Path, tmp_path: Path
+) -> None:
+    result = drift(project, stats["reference"], stats["same"], output=tmp_path)
+    assert result.returncode == 3
+    assert result.stderr == (
+        f"error: $GITHUB_OUTPUT={tmp_path}: cannot append to it (Is a directory); it must name "
+        "a writable file, as GitHub Actions sets it\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "bad"),
+    [('{"noise_sigma": NaN}', "noise_sigma"), ('{"a": 1, "b": Infinity, "c": true}', "b, c")],
+)
+def test_statistics_that_are_not_finite_numbers(
+    stats: dict[str, Path], project: Path, content: str, bad: str
+) -> None:
+    current = project / "current.json"
+    current.write_text(content)
+    result = drift(project, stats["reference"], current)
+    assert result.returncode == 3
+    assert result.stderr == f"error: {current}: {bad} must be finite numbers\n"
+
+
 def test_threshold_from_pyproject(stats: dict[str, Path], project: Path) -> None:
     (project / "pyproject.toml").write_text(
         "[tool.branchflow.drift]\nthreshold = 0.25\nthresholds = { noise_sigma = 1.5 }\n"

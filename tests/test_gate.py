@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from branchflow.compare import Base, Champion, Comparison, Metric, default_base
 from branchflow.config import GateSettings, load_settings
 from branchflow.errors import BranchflowError
 from branchflow.gate import evaluate
-from tests.conftest import sh
+from tests.conftest import init_repo, sh
 from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo
 
 GATE = GateSettings(
@@ -89,6 +90,52 @@ def test_missing_base_champion_or_metric_is_said_not_crashed() -> None:
     assert "`f1` is not in this branch's metrics" in renamed.lines()[1]
 
 
+def test_metrics_that_are_not_finite_numbers_fail_their_rules() -> None:
+    spoilt = {"f1": "nan (float) in reports/metrics.json", "loss": "'low' (str) in m.json"}
+    comp = replace(comparison(None, None), invalid=spoilt)
+    verdict = evaluate(GATE, comp)
+    assert not verdict.passed
+    assert failures(GATE, comp) == [
+        "`f1` is nan (float) in reports/metrics.json, not a finite number; fix what writes it",
+        "`loss` is 'low' (str) in m.json, not a finite number; fix what writes it",
+    ]
+
+
+def test_a_non_finite_reference_skips_its_rule_with_a_note() -> None:
+    nan = float("nan")
+    verdict = evaluate(GATE, comparison({"f1": nan, "loss": 0.1}, {"f1": nan}, f1=0.96, loss=0.1))
+    assert verdict.passed
+    assert "`f1` is nan in main's metrics: its rule skipped" in verdict.notes
+    assert "`f1` is nan in champion v3's metrics: its rule skipped" in verdict.notes
+
+
+def test_gate_names_the_file_key_and_value_of_a_spoilt_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_ci_env: None
+) -> None:
+    """A real DVC project whose metrics file holds what no rule can judge: exit 1, each named."""
+    repo = tmp_path / "repo"
+    (repo / "reports").mkdir(parents=True)
+    metrics = '{"m": {"f1": NaN, "loss": Infinity, "auc": "high", "pr": [0.5], "ok": true}}'
+    (repo / "reports" / "metrics.json").write_text(metrics)
+    (repo / "dvc.yaml").write_text("metrics:\n  - reports/metrics.json\n")
+    rules = "\n".join(f'"m.{name}" = 0.5' for name in ("f1", "loss", "auc", "pr", "ok"))
+    (repo / "pyproject.toml").write_text(f"[tool.branchflow.gate.min]\n{rules}\n")
+    init_repo(repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    monkeypatch.chdir(repo)
+    result = CliRunner().invoke(main, ["gate"])
+    assert result.exit_code == 1, result.output
+    found = ["nan (float)", "inf (float)", "'high' (str)", "[0.5] (list)", "True (bool)"]
+    assert result.output.splitlines() == [
+        "gate failed: 5 of 5 rules failed",
+        *(
+            f"FAIL: `m.{name}` is {value} in reports/metrics.json, not a finite number; "
+            "fix what writes it"
+            for name, value in zip(("f1", "loss", "auc", "pr", "ok"), found, strict=True)
+        ),
+    ]
+
+
 def test_base_defaults_to_the_pull_requests_base_branch() -> None:
     assert default_base({"GITHUB_BASE_REF": "main"}) == "origin/main"
     assert default_base({}) is None
@@ -106,8 +153,14 @@ def test_gate_settings_read_well_and_reject_typos(tmp_path: Path) -> None:
     assert load_settings(tmp_path / "nowhere").gate == GateSettings()
     for table, message in [
         ('mni = {"f1" = 0.9}', "unknown key 'mni' in [tool.branchflow.gate]; did you mean 'min'?"),
-        ('max_drop_vs_base = {"f1" = -0.01}', "max_drop_vs_base: 'f1' must be a number >= 0"),
-        ('min = {"f1" = "high"}', "min: 'f1' must be a number, got 'high'"),
+        (
+            'max_drop_vs_base = {"f1" = -0.01}',
+            "max_drop_vs_base: 'f1' must be a finite number >= 0",
+        ),
+        ('min = {"f1" = "high"}', "min: 'f1' must be a finite number, got 'high'"),
+        ('min = {"f1" = nan}', "min: 'f1' must be a finite number, got nan"),
+        ('max = {"loss" = -inf}', "max: 'loss' must be a finite number, got -inf"),
+        ('max_drop_vs_champion = {"f1" = inf}', "'f1' must be a finite number >= 0, got inf"),
         ("lower_is_better = 'loss'", "lower_is_better must be a list of metric names"),
     ]:
         pyproject.write_text(f"[tool.branchflow.gate]\n{table}\n")

@@ -14,15 +14,14 @@ white noise of standard deviation s has standard deviation 6 s, taken over 8x8 b
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from badpixels.stage import StageError, atomic_output, run
+from badpixels.stage import StageError, run, write_json
+from badpixels.synth import read_labels
 from badpixels.video import read_video
 
 LAPLACIAN_DIFFERENCE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
@@ -53,18 +52,20 @@ def dataset_stats(raw: Path) -> dict[str, float]:
         raise StageError(f"{raw}/videos: no .mkv files; run `dvc pull` or pass the dataset folder")
     if not labels.is_file():
         raise StageError(f"{labels}: not found; run `dvc pull` or pass the dataset folder")
-    means, noises, pixels = [], [], 0
+    means, noises, pixels, sizes = [], [], 0, {}
     for path in tqdm(videos, desc="datastats", disable=None):
         stack = read_video(path)
         means.append(float(stack.mean()))
         noises.append(noise_sigma(stack))
         pixels += stack.shape[1] * stack.shape[2]
-    with labels.open(newline="") as handle:
-        defects = sum(1 for _ in csv.DictReader(handle))
+        sizes[path.stem] = (stack.shape[2], stack.shape[1])
+    defects, problems = read_labels(labels, sizes)
+    if problems:
+        raise StageError(f"{problems[0]}; {len(problems)} problem(s) in all")
     return {
         "mean_intensity": round(float(np.mean(means)), 4),
         "noise_sigma": round(float(np.median(noises)), 4),
-        "defect_rate": round(defects / pixels, 6),
+        "defect_rate": round(len(defects) / pixels, 6),
     }
 
 
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="JSON file to write")
     args = parser.parse_args(argv)
     stats = dataset_stats(args.raw)
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, stats, indent=2)
 
 
 if __name__ == "__main__":

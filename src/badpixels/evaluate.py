@@ -26,12 +26,21 @@ from tqdm import tqdm
 from badpixels.baseline import baseline_scores
 from badpixels.features import CLASSES, KINDS
 from badpixels.model import PixelNet, load_model, predict_proba
-from badpixels.stage import StageError, atomic_output, load_params, run
+from badpixels.stage import (
+    StageError,
+    atomic_output,
+    load_params,
+    param,
+    reading,
+    require_finite,
+    run,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    baseline_threshold: float
+    baseline_threshold: float = param(at_least=0, at_most=255)  # grey levels
 
 
 @dataclass
@@ -48,19 +57,21 @@ class Predictions:
 
 def predict_video(net: PixelNet, file: Path, frames: Path, threshold: float) -> list[np.ndarray]:
     """Truth, CNN class, CNN score, baseline flag and score maps (H, W) of one video."""
-    with np.load(file) as video:
+    with reading(file, "features"), np.load(file) as video:
         truth, coords, patches = video["truth"], video["coords"], video["patches"]
     proba = np.zeros((*truth.shape, len(CLASSES)), np.float32)
     proba[..., 0] = 1.0
     proba[coords[:, 0], coords[:, 1]] = predict_proba(net, patches)
-    stack = np.load(frames / f"{file.stem}.npy")
+    with reading(frames / f"{file.stem}.npy", "frames"):
+        stack = np.load(frames / f"{file.stem}.npy")
     scores = baseline_scores(stack)
     return [truth, proba.argmax(-1), 1.0 - proba[..., 0], scores > threshold, scores]
 
 
 def predict_videos(model: Path, features: Path, frames: Path, threshold: float) -> Predictions:
     """Run both detectors over every held-out video."""
-    net, _ = load_model(model)
+    with reading(model, "train"):
+        net, _ = load_model(model)
     files = sorted((features / "test").glob("*.npz"))
     if not files:
         raise StageError(f"{features}/test: no held-out videos; run `dvc repro features`")
@@ -148,6 +159,7 @@ def evaluate(p: Predictions) -> dict:
 
 def write_reports(reports: Path, metrics: dict, p: Predictions) -> None:
     """metrics.json, plots/ (PR curves, confusion rows) and figures/, each atomically."""
+    require_finite(reports / "metrics.json", metrics)  # before any of them is written
     with atomic_output(reports / "plots") as tmp:
         tmp.mkdir()
         write_csv(tmp / "pr_cnn.csv", pr_curve(p.truth, p.cnn_score))
@@ -156,8 +168,7 @@ def write_reports(reports: Path, metrics: dict, p: Predictions) -> None:
     with atomic_output(reports / "figures") as tmp:
         tmp.mkdir()
         draw_detections(tmp / "detections.png", *p.sample)
-    with atomic_output(reports / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(reports / "metrics.json", metrics, indent=2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,9 +11,7 @@ raw (T, P, P) patch around it; videos are split into train and test sets, never 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,8 +19,20 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from badpixels.stage import StageError, atomic_output, load_params, parallel_map, run
-from badpixels.synth import KINDS
+from badpixels.stage import (
+    StageError,
+    atomic_output,
+    load_params,
+    parallel_map,
+    param,
+    read_json,
+    reading,
+    run,
+    shard,
+    usable_cores,
+    write_json,
+)
+from badpixels.synth import KINDS, Label, read_labels
 
 CLASSES = ("normal", *KINDS)
 RULE_FILE = "rule.json"
@@ -30,12 +40,12 @@ RULE_FILE = "rule.json"
 
 @dataclass(frozen=True)
 class FeaturesParams:
-    patch: int
-    residual_threshold: float
-    still_threshold: float
-    test_fraction: float
-    seed: int
-    workers: int
+    patch: int = param(at_least=3, odd=True)  # and at most a quarter of the frame: see main
+    residual_threshold: float = param(at_least=0, at_most=255)  # grey levels
+    still_threshold: float = param(above=0, at_most=255)  # a std below 0 never happens
+    test_fraction: float = param(above=0, below=1)
+    seed: int = param(at_least=0, below=2**32)
+    workers: int = param(usable_cores, at_least=1)
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,9 @@ def extract_patches(frames: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: i
 
 def read_rule(features: Path) -> CandidateRule:
     """The candidate rule a features folder was made with."""
-    return CandidateRule(**json.loads((features / RULE_FILE).read_text()))
+    path = features / RULE_FILE
+    with reading(path, "features"):
+        return CandidateRule(**read_json(path, "features"))
 
 
 def split_videos(ids: list[str], test_fraction: float, seed: int) -> set[str]:
@@ -75,20 +87,47 @@ def split_videos(ids: list[str], test_fraction: float, seed: int) -> set[str]:
     return set(ranked[: round(len(ids) * test_fraction)])
 
 
-def read_labels(path: Path) -> dict[str, list[tuple[int, int, int]]]:
+def frame_sizes(sources: list[Path]) -> dict[str, tuple[int, int]]:
+    """(width, height) of each frame stack, read from the .npy headers only."""
+    sizes = {}
+    for source in sources:
+        with reading(source, "frames"):
+            _, height, width = np.load(source, mmap_mode="r").shape
+        sizes[source.stem] = (width, height)
+    return sizes
+
+
+def check_against_data(params: FeaturesParams, sizes: dict[str, tuple[int, int]]) -> None:
+    """What params.yaml can be wrong about only given the data: patch size, split counts."""
+    side = min(min(size) for size in sizes.values())
+    if params.patch > side // 4:
+        raise StageError(
+            f"params.yaml: 'features.patch' is {params.patch}, but the smallest frames are "
+            f"{side} pixels on a side: a patch may be at most a quarter of that ({side // 4}), "
+            "as its memory grows with its square; lower it in params.yaml"
+        )
+    held_out = len(split_videos(list(sizes), params.test_fraction, params.seed))
+    if not 0 < held_out < len(sizes):
+        raise StageError(
+            f"params.yaml: 'features.test_fraction' {params.test_fraction} holds out {held_out} "
+            f"of {len(sizes)} videos, but training and evaluation need one each; change it in "
+            "params.yaml"
+        )
+
+
+def defects_by_video(labels: list[Label]) -> dict[str, list[tuple[int, int, int]]]:
     """Defects per video id as (y, x, class index)."""
     defects: dict[str, list[tuple[int, int, int]]] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            entry = (int(row["y"]), int(row["x"]), CLASSES.index(row["kind"]))
-            defects.setdefault(row["video"], []).append(entry)
+    for video, x, y, kind in labels:
+        defects.setdefault(video, []).append((y, x, CLASSES.index(kind)))
     return defects
 
 
 def featurize(job: tuple[Path, Path, list[tuple[int, int, int]], CandidateRule]) -> int:
     """Write one video's candidates, patches and labels; return its candidate count."""
     source, target, defects, rule = job
-    frames = np.load(source)
+    with reading(source, "frames"):
+        frames = np.load(source)
     ys, xs = find_candidates(frames, rule)
     truth = np.zeros(frames.shape[1:], dtype=np.int8)
     for y, x, label in defects:
@@ -110,16 +149,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder to write train/ and test/ into")
     args = parser.parse_args(argv)
     params = load_params(FeaturesParams, "features")
-    if params.patch < 3 or params.patch % 2 == 0:
-        raise StageError(f"params.yaml: features.patch must be odd and >= 3, got {params.patch}")
     rule = CandidateRule(params.patch, params.residual_threshold, params.still_threshold)
     sources = sorted(args.frames.glob("*.npy"))
-    defects = read_labels(args.labels)
-    test = split_videos([s.stem for s in sources], params.test_fraction, params.seed)
+    if not sources:
+        raise StageError(f"{args.frames}: no .npy frame stacks; run `dvc repro frames` first")
+    sizes = frame_sizes(sources)
+    check_against_data(params, sizes)
+    labels, problems = read_labels(args.labels, sizes)
+    if problems:
+        raise StageError(
+            f"{problems[0]}; {len(problems)} problem(s) in all: `dvc repro validate` lists them"
+        )
+    defects = defects_by_video(labels)
+    test = split_videos(list(sizes), params.test_fraction, params.seed)
     with atomic_output(args.out) as tmp:
         for split in ("train", "test"):
             (tmp / split).mkdir(parents=True)
-        (tmp / RULE_FILE).write_text(json.dumps(asdict(rule)) + "\n")
+        write_json(tmp / RULE_FILE, asdict(rule))
         jobs = [
             (
                 s,
@@ -129,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             for s in sources
         ]
-        parallel_map(featurize, jobs, params.workers, desc="features")
+        parallel_map(featurize, shard(jobs), params.workers, desc="features")
 
 
 if __name__ == "__main__":

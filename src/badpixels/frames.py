@@ -6,19 +6,28 @@ python -m badpixels.frames data/raw/toy data/interim/manifest.json data/interim/
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from badpixels.stage import atomic_output, load_params, parallel_map, run
+from badpixels.stage import (
+    atomic_output,
+    load_params,
+    parallel_map,
+    param,
+    read_json,
+    reading,
+    run,
+    shard,
+    usable_cores,
+)
 from badpixels.video import read_video
 
 
 @dataclass(frozen=True)
 class FramesParams:
-    workers: int
+    workers: int = param(usable_cores, at_least=1)
 
 
 def decode(job: tuple[Path, Path]) -> None:
@@ -34,11 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder of .npy frame stacks to write")
     args = parser.parse_args(argv)
     params = load_params(FramesParams, "frames")
-    videos = json.loads(args.manifest.read_text())["videos"]
+    with reading(args.manifest, "validate"):
+        videos = [(v["file"], v["id"]) for v in read_json(args.manifest, "validate")["videos"]]
     with atomic_output(args.out) as tmp:
         tmp.mkdir()
-        jobs = [(args.raw / "videos" / v["file"], tmp / f"{v['id']}.npy") for v in videos]
-        parallel_map(decode, jobs, params.workers, desc="frames")
+        jobs = [(args.raw / "videos" / file, tmp / f"{stem}.npy") for file, stem in videos]
+        parallel_map(decode, shard(jobs), params.workers, desc="frames")
 
 
 if __name__ == "__main__":

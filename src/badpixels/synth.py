@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, data
 
-from badpixels.stage import atomic_output, run
+from badpixels.stage import atomic_output, read_text, run
 from badpixels.video import write_video
 
 KINDS = ("hot", "dead", "stuck", "flicker")
@@ -37,6 +38,7 @@ PHOTOS = (
     "rocket",
 )
 LABEL_FIELDS = ("video", "x", "y", "kind")
+Label = tuple[str, int, int, str]  # video id, x, y, kind
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,53 @@ def make_video(
     photo = load_photo(PHOTOS[index % len(PHOTOS)])
     video = expose(camera_pan(photo, scale, rng), scale, rng)
     return video, add_defects(video, scale, rng)
+
+
+def read_labels(path: Path, sizes: dict[str, tuple[int, int]]) -> tuple[list[Label], list[str]]:
+    """The labels of `labels.csv` that fit the videos of `sizes` (id -> width, height), and a
+    problem for each row that does not: unknown video or kind, pixel outside the frame, repeat.
+    """
+    text = read_text(path, "restore it with `dvc pull`, or save it as UTF-8")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        return [], [f"{path}:{reader.line_num}: not CSV ({exc}); fix or restore the file"]
+    if not rows or tuple(rows[0]) != LABEL_FIELDS:
+        return [], [f"{path}: header must be {','.join(LABEL_FIELDS)}"]
+    labels, problems, seen = [], [], set()
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue  # a blank line
+        label, problem = _parse_label(row, sizes, seen)
+        if problem:
+            problems.append(f"{path}:{line}: {problem}")
+        else:
+            labels.append(label)
+    return labels, problems
+
+
+def _parse_label(
+    row: list[str], sizes: dict[str, tuple[int, int]], seen: set[tuple[str, int, int]]
+) -> tuple[Label, None] | tuple[None, str]:
+    if len(row) != len(LABEL_FIELDS):
+        return None, f"{len(row)} fields, expected {len(LABEL_FIELDS)} ({','.join(LABEL_FIELDS)})"
+    video, x_text, y_text, kind = row
+    if video not in sizes:
+        return None, f"video '{video}' is not among the readable videos"
+    if kind not in KINDS:
+        return None, f"kind '{kind}' is not one of {', '.join(KINDS)}"
+    try:
+        x, y = int(x_text), int(y_text)
+    except ValueError:
+        return None, f"x and y must be whole numbers, got {x_text!r}, {y_text!r}"
+    width, height = sizes[video]
+    if not (0 <= x < width and 0 <= y < height):
+        return None, f"pixel ({x}, {y}) is outside the {width}x{height} frame"
+    if (video, x, y) in seen:
+        return None, f"pixel ({x}, {y}) of '{video}' is labelled twice"
+    seen.add((video, x, y))
+    return (video, x, y, kind), None
 
 
 def write_dataset(out: Path, scale: Scale, seed: int) -> None:

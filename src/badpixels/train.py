@@ -25,16 +25,16 @@ from tqdm import tqdm
 
 from badpixels.features import read_rule
 from badpixels.model import PixelNet, save_model
-from badpixels.stage import StageError, atomic_output, load_params, run
+from badpixels.stage import StageError, atomic_output, load_params, param, reading, run
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    width: int
-    seed: int
+    epochs: int = param(at_least=1)
+    batch_size: int = param(at_least=1)  # and at most the training samples: see main
+    learning_rate: float = param(above=0)
+    width: int = param(at_least=1, at_most=1024)  # 3 width² weights in the second conv
+    seed: int = param(at_least=0, below=2**32)
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,23 @@ class Workers:
 
 def join_workers() -> Workers:
     """Join the process group when torchrun (or Azure ML) started several processes."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = _env_count("WORLD_SIZE", 1)
     if size == 1:
         return Workers()
+    local_rank = _env_count("LOCAL_RANK", 0)
     distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Workers(distributed.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")))
+    return Workers(distributed.get_rank(), size, local_rank)
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number >= `default` from the environment, which torchrun sets."""
+    text = os.environ.get(name, str(default))
+    if not text.isascii() or not text.isdigit() or int(text) < default:
+        raise StageError(
+            f"${name}={text!r} is not a whole number >= {default}; unset it to train in one "
+            "process, or start the stage with torchrun"
+        )
+    return int(text)
 
 
 CHUNK_VIDEOS = 8  # videos read at once: bounds memory; part of the shuffling, so of the result
@@ -78,11 +90,38 @@ def feature_files(folder: Path) -> list[Path]:
     return files
 
 
+def sample_count(files: list[Path]) -> int:
+    """The samples (candidate pixels) in feature files, reading only their labels."""
+    total = 0
+    for file in files:
+        with reading(file, "features"), np.load(file) as video:
+            total += len(video["labels"])
+    return total
+
+
+def check_against_data(params: TrainParams, samples: int) -> None:
+    """Batches are whole (the remainder is dropped): a larger batch would never train."""
+    if params.batch_size > samples:
+        raise StageError(
+            f"params.yaml: 'train.batch_size' is {params.batch_size}, more than the {samples} "
+            "training samples, so no step would run; lower it in params.yaml"
+        )
+
+
+def check_finite(net: nn.Module, params: TrainParams) -> None:
+    """A diverged training leaves NaN or infinite weights: refuse to save that model."""
+    if not all(torch.isfinite(weights).all() for weights in net.parameters()):
+        raise StageError(
+            "training diverged (NaN or infinite weights) with 'train.learning_rate' "
+            f"{params.learning_rate}; lower it in params.yaml"
+        )
+
+
 def read_chunk(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches and labels of some videos, concatenated."""
     patches, labels = [], []
     for file in files:
-        with np.load(file) as video:
+        with reading(file, "features"), np.load(file) as video:
             patches.append(video["patches"])
             labels.append(video["labels"].astype(np.int64))
     return torch.from_numpy(np.concatenate(patches)), torch.from_numpy(np.concatenate(labels))
@@ -158,12 +197,14 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(TrainParams, "train")
     files = feature_files(args.features / "train")
     rule = read_rule(args.features)
+    check_against_data(params, sample_count(files))
     workers = join_workers()
     try:
         net = train(files, params, rule.patch, workers)
     finally:
         if workers.size > 1:
             distributed.destroy_process_group()
+    check_finite(net, params)
     if workers.rank == 0:
         with atomic_output(args.model) as tmp:
             save_model(tmp, net, rule)

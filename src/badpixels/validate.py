@@ -6,22 +6,20 @@ python -m badpixels.validate data/raw/toy data/interim/manifest.json
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from badpixels.stage import StageError, atomic_output, load_params, run
-from badpixels.synth import KINDS, LABEL_FIELDS
+from badpixels.stage import StageError, load_params, param, run, write_json
+from badpixels.synth import read_labels
 from badpixels.video import read_video
 
 
 @dataclass(frozen=True)
 class ValidateParams:
-    min_frames: int
+    min_frames: int = param(at_least=2)  # the model's temporal statistics need two frames
 
 
 def check_videos(videos: list[Path], min_frames: int) -> tuple[list[dict], list[str]]:
@@ -54,39 +52,6 @@ def check_videos(videos: list[Path], min_frames: int) -> tuple[list[dict], list[
     return entries, problems
 
 
-def check_labels(labels: Path, entries: list[dict]) -> list[str]:
-    """Problems in `labels.csv`: unknown videos, pixels outside the frame, bad kinds, repeats."""
-    sizes = {e["id"]: (e["width"], e["height"]) for e in entries}
-    problems, seen = [], set()
-    with labels.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != LABEL_FIELDS:
-            return [f"{labels}: header must be {','.join(LABEL_FIELDS)}"]
-        for line, row in enumerate(reader, start=2):
-            problem = _check_label(row, sizes, seen)
-            if problem:
-                problems.append(f"{labels}:{line}: {problem}")
-    return problems
-
-
-def _check_label(row: dict, sizes: dict, seen: set) -> str | None:
-    if row["video"] not in sizes:
-        return f"video '{row['video']}' is not among the readable videos"
-    if row["kind"] not in KINDS:
-        return f"kind '{row['kind']}' is not one of {', '.join(KINDS)}"
-    try:
-        x, y = int(row["x"]), int(row["y"])
-    except ValueError:
-        return f"x and y must be whole numbers, got {row['x']!r}, {row['y']!r}"
-    width, height = sizes[row["video"]]
-    if not (0 <= x < width and 0 <= y < height):
-        return f"pixel ({x}, {y}) is outside the {width}x{height} frame"
-    if (row["video"], x, y) in seen:
-        return f"pixel ({x}, {y}) of '{row['video']}' is labelled twice"
-    seen.add((row["video"], x, y))
-    return None
-
-
 def validate(raw: Path, min_frames: int) -> dict:
     """Validate the raw dataset at `raw`; return its manifest or raise with every problem."""
     videos = sorted((raw / "videos").glob("*")) if (raw / "videos").is_dir() else []
@@ -95,7 +60,8 @@ def validate(raw: Path, min_frames: int) -> dict:
     if not (raw / "labels.csv").is_file():
         raise StageError(f"{raw}/labels.csv: missing; run `dvc pull` to fetch the data")
     entries, problems = check_videos(videos, min_frames)
-    problems += check_labels(raw / "labels.csv", entries)
+    sizes = {e["id"]: (e["width"], e["height"]) for e in entries}
+    problems += read_labels(raw / "labels.csv", sizes)[1]
     if problems:
         listing = "\n  ".join(problems)
         raise StageError(f"{raw}: {len(problems)} problem(s) in the raw data:\n  {listing}")
@@ -109,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(ValidateParams, "validate")
     manifest = validate(args.raw, params.min_frames)
-    with atomic_output(args.manifest) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(args.manifest, manifest, indent=1)
 
 
 if __name__ == "__main__":

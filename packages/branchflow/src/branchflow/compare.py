@@ -7,11 +7,12 @@ itself decides reruns from; the champion's metrics come from its MLflow run and 
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,8 @@ class Comparison:
     """This branch's metrics beside the base's and the champion's.
 
     `base_found` is False when the base has no metrics (a repository's first run);
-    `champion_missing` says why there is no champion, when there is none.
+    `champion_missing` says why there is no champion, when there is none; `invalid` names
+    each of this branch's metrics that is not a finite number, and what its file holds.
     """
 
     base: Base | None
@@ -68,6 +70,7 @@ class Comparison:
     base_found: bool
     champion: Champion | None
     champion_missing: str | None
+    invalid: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,17 @@ def compare(
 ) -> Comparison:
     """This branch's metrics against the base's (DVC's diff) and the `production_model`
     champion's (MLflow)."""
-    from dvc.utils.flatten import flatten
-
     shown = repo.metrics.show(revs=[WORKSPACE], hide_workspace=False)[WORKSPACE]
-    files = {path: result for path, result in shown.get("data", {}).items() if "data" in result}
-    current = {path: _numbers(flatten(result["data"])) for path, result in files.items()}
-    if not any(current.values()):
+    files = [path for path, result in shown.get("data", {}).items() if "data" in result]
+    raw = {path: _metrics_file(repo, path) for path in files}
+    current = {path: _numbers(values) for path, values in raw.items()}
+    bad = {
+        (path, name): f"{_shorten(value)} ({type(value).__name__})"
+        for path, values in raw.items()
+        for name, value in values.items()
+        if name not in current[path]
+    }
+    if not any(current.values()) and not bad:
         problems = shown.get("error") or {p: r["error"] for p, r in shown.get("data", {}).items()}
         raise BranchflowError(
             f"no metrics in the workspace ({problems or 'none declared in dvc.yaml'}); "
@@ -154,7 +162,7 @@ def compare(
             old = _number(entry.get("old"))
             if (path, name) not in rows and old is not None:
                 rows[path, name] = (None, old, None)
-    names = _qualified_names(list(rows))
+    names = _qualified_names([*rows, *bad])
     metrics = tuple(Metric(names[key], *row) for key, row in rows.items())
     champion, missing = find_champion(Path(repo.root_dir), production_model, env)
     return Comparison(
@@ -163,7 +171,28 @@ def compare(
         base_found=any(metric.base is not None for metric in metrics),
         champion=champion,
         champion_missing=missing,
+        invalid={names[path, name]: f"{what} in {path}" for (path, name), what in bad.items()},
     )
+
+
+def _metrics_file(repo: Repo, path: str) -> dict[str, object]:
+    """Every value of a metrics file by dotted key, as written: DVC's own reader drops lists
+    and nulls, which the gate must name rather than call missing."""
+    from dvc.utils.flatten import flatten
+    from dvc.utils.serialize import load_path
+
+    document = load_path(os.path.join(repo.root_dir, path), repo.fs)
+    if not isinstance(document, dict):
+        raise BranchflowError(
+            f"{path}: a metrics file must hold a table of name: number, found "
+            f"{_shorten(document)}; fix the stage that writes it"
+        )
+    return flatten(document)
+
+
+def _shorten(value: object, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 3]}..."
 
 
 def changed_params(repo: Repo, base: Base) -> list[ParamChange]:
@@ -324,7 +353,9 @@ def _qualified_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
 
 
 def _numbers(values: Mapping[str, object]) -> dict[str, float]:
-    return {key: number for key, value in values.items() if (number := _number(value)) is not None}
+    """The finite numbers among `values`."""
+    numbers = {key: _number(value) for key, value in values.items()}
+    return {key: n for key, n in numbers.items() if n is not None and math.isfinite(n)}
 
 
 def _number(value: object) -> float | None:

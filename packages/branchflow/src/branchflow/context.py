@@ -31,8 +31,10 @@ import re
 import subprocess
 import uuid
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from branchflow.config import Settings, load_settings
 from branchflow.errors import BranchflowError
@@ -43,6 +45,26 @@ HASH_LENGTH = 10
 SHORT_COMMIT_LENGTH = 7
 PR_EVENTS = frozenset({"pull_request", "pull_request_target"})
 CI_FLAGS = ("CI", "GITHUB_ACTIONS", "TF_BUILD")
+# Every environment variable the context is read from.
+READ_VARIABLES = (
+    *CI_FLAGS,
+    "BRANCHFLOW_BRANCH",
+    "BRANCHFLOW_COMMIT",
+    "BRANCHFLOW_PR",
+    "BUILD_BUILDID",
+    "BUILD_SOURCEBRANCH",
+    "BUILD_SOURCEBRANCHNAME",
+    "CI_COMMIT_REF_NAME",
+    "GITHUB_EVENT_NAME",
+    "GITHUB_EVENT_PATH",
+    "GITHUB_HEAD_REF",
+    "GITHUB_REF",
+    "GITHUB_REF_NAME",
+    "GITHUB_REPOSITORY",
+    "GITHUB_RUN_ATTEMPT",
+    "GITHUB_RUN_ID",
+    "GITHUB_SERVER_URL",
+)
 
 
 @dataclass(frozen=True)
@@ -136,8 +158,10 @@ def resolve_context(
     """
     _require_repository(root)
     settings = settings or load_settings(root)
+    _require_utf8_env(env)
     commit = _commit(root, env)
     git_branch = git(root, "symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
+    _require_utf8("the checked-out branch", git_branch, "rename it: git branch -m <new name>")
     branch = _branch_from_env(env) or git_branch or commit[:SHORT_COMMIT_LENGTH]
     pr_number = _pr_number(env)
     return Context(
@@ -173,9 +197,31 @@ def write_github_files(context: Context, names: Names, env: Mapping[str, str]) -
             f"${' and $'.join(missing)} not set: GitHub Actions sets them in a workflow step; "
             "elsewhere use --format shell or json"
         )
-    for variable, values in targets.items():
-        with Path(env[variable]).open("a", encoding="utf-8") as handle:
-            handle.writelines(_github_line(key, value) for key, value in values.items())
+    lines = {
+        var: [_github_line(key, value) for key, value in values.items()]
+        for var, values in targets.items()
+    }
+    append_github_file(env, lines)
+
+
+def append_github_file(env: Mapping[str, str], lines: Mapping[str, list[str]]) -> None:
+    """Append `lines` to the file each variable (`GITHUB_ENV`, ...) of `env` names; every file
+    is opened before any is written, so a bad one leaves all untouched."""
+    with ExitStack() as stack:
+        handles = {variable: _open_for_append(variable, env[variable], stack) for variable in lines}
+        for variable, handle in handles.items():
+            handle.writelines(lines[variable])
+
+
+def _open_for_append(variable: str, value: str, stack: ExitStack) -> TextIO:
+    _require_utf8(f"${variable}", value, "GitHub Actions sets it to a file's path")
+    try:
+        return stack.enter_context(Path(value).open("a", encoding="utf-8"))
+    except OSError as exc:
+        raise BranchflowError(
+            f"${variable}={value}: cannot append to it ({exc.strerror}); it must name a "
+            "writable file, as GitHub Actions sets it"
+        ) from None
 
 
 def _flat(context: Context, names: Names) -> dict[str, str]:
@@ -225,6 +271,22 @@ def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         reason = (result.stderr.strip().splitlines() or ["no message"])[0]
         raise BranchflowError(f"git {' '.join(args)} failed in {root}: {reason}")
     return result
+
+
+def _require_utf8_env(env: Mapping[str, str]) -> None:
+    """Check that each variable the context reads is UTF-8 text (POSIX allows any bytes)."""
+    for key in READ_VARIABLES:
+        fix = "branchflow needs UTF-8 text: rename the branch, or fix or unset the variable"
+        _require_utf8(f"${key}", env.get(key, ""), fix)
+
+
+def _require_utf8(what: str, value: str, fix: str) -> None:
+    """Python decodes undecodable bytes to lone surrogates; they cannot be printed or written."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+        raise BranchflowError(f"{what} is not valid UTF-8 ({raw!r}); {fix}") from None
 
 
 def _require_repository(root: Path) -> None:
@@ -293,7 +355,8 @@ def _pr_number_from_event(env: Mapping[str, str]) -> int | None:
         raise BranchflowError(f"cannot read the GitHub event payload {path}: {exc}") from exc
     pull_request = payload.get("pull_request") if isinstance(payload, dict) else None
     number = pull_request.get("number") if isinstance(pull_request, dict) else None
-    return number if isinstance(number, int) else None
+    valid = isinstance(number, int) and not isinstance(number, bool) and number > 0
+    return number if valid else None
 
 
 def _run_type(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from branchflow.config import DRIFT_SECTION, DriftSettings, load_settings
+from branchflow.context import append_github_file
 from branchflow.errors import BranchflowError
 
 
@@ -114,11 +115,9 @@ def check_drift(root: Path, reference: Path, current: Path) -> Drift:
 
 def write_github_output(drift: Drift, env: Mapping[str, str] = os.environ) -> bool:
     """Append `drift=true|false` to `$GITHUB_OUTPUT` when it is set; say whether it was."""
-    output = env.get("GITHUB_OUTPUT")
-    if not output:
+    if not env.get("GITHUB_OUTPUT"):
         return False
-    with Path(output).open("a", encoding="utf-8") as handle:
-        handle.write(f"drift={'true' if drift.drifted else 'false'}\n")
+    append_github_file(env, {"GITHUB_OUTPUT": [f"drift={'true' if drift.drifted else 'false'}\n"]})
     return True
 
 
