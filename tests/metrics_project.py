@@ -80,7 +80,9 @@ def make_metrics_repo(path: Path, *, reproduce: bool = True) -> Path:
     (path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (path / "params.yaml").write_text(yaml.safe_dump({"train": {"f1": 0.96, "loss": 0.1}}))
     (path / "pyproject.toml").write_text(PYPROJECT)
-    (path / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/report.md\n/report_files/\n")
+    (path / ".gitignore").write_text(
+        "/mlflow.db\n/mlartifacts/\n/report.md\n/report.json\n/report_files/\n"
+    )
     init_repo(path)
     sh("dvc", "init", "-q", cwd=path)
     if reproduce:

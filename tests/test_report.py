@@ -18,7 +18,8 @@ from branchflow.cli import main
 from branchflow.compare import Base, data_versions
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
-from branchflow.gate import describe_change, run_gate
+from branchflow.gate import run_gate
+from branchflow.render import describe_change
 from branchflow.report import write_report
 from tests.conftest import init_repo, sh
 from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo

@@ -146,7 +146,8 @@ _FETCH_HELP = "If this (shallow) clone lacks the base, fetch it: git fetch --dep
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("report.md"),
     show_default=True,
-    help="Markdown file to write; its PNGs go beside it, in <stem>_files/ (report_files/).",
+    help="Markdown file to write; beside it go its data, <stem>.json (report.json), and its "
+    "PNGs, in <stem>_files/ (report_files/).",
 )
 @click.option("--fetch", is_flag=True, help=_FETCH_HELP)
 def report_command(base_ref: str | None, out: Path, fetch: bool) -> None:

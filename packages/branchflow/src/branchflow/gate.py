@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,9 +12,9 @@ from pathlib import Path
 from branchflow.compare import Comparison, Metric, compare, open_dvc, resolve_base
 from branchflow.config import GATE_SECTION, GateSettings, load_settings
 from branchflow.context import names_for, resolve_context
+from branchflow.render import EPSILON, fmt
 
 # Metrics are stored rounded, so a drop of exactly the tolerance may come out a hair above it.
-EPSILON = 1e-9
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,14 @@ def run_gate(
 
 
 def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
-    """Apply every rule of `gate` to `comparison`: the one place a verdict is computed."""
+    """Apply every rule of `gate` to `comparison`: the one place a verdict is computed.
+
+    A metric that is missing, or is not a finite number (NaN, a string...), fails: a rule
+    cannot pass on data it cannot judge.
+    """
     current = {m.name: m.value for m in comparison.metrics if m.value is not None}
     named = gate.metric_names()
-    checks = [
-        Check(False, f"`{name}` is not in this branch's metrics (named in {GATE_SECTION})")
-        for name in named
-        if name not in current
-    ]
+    checks = [_unusable(name, comparison.invalid) for name in named if name not in current]
     notes = [] if named else [f"no rules in {GATE_SECTION}: nothing to check"]
     for name, floor in gate.min.items():
         if name in current:
@@ -102,6 +103,13 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
     return Verdict(tuple(checks), tuple(notes))
 
 
+def _unusable(name: str, invalid: Mapping[str, str]) -> Check:
+    """The failed check of a metric that a rule names but this branch lacks or spoils."""
+    if name in invalid:
+        return Check(False, f"`{name}` is {invalid[name]}, not a finite number; fix what writes it")
+    return Check(False, f"`{name}` is not in this branch's metrics (named in {GATE_SECTION})")
+
+
 def _drops(
     gate: GateSettings,
     rules: Mapping[str, float],
@@ -119,6 +127,9 @@ def _drops(
             notes.append(f"`{name}` is not in {against}'s metrics: its rule skipped")
             continue
         value, other = current[name], reference[name]
+        if not math.isfinite(other):
+            notes.append(f"`{name}` is {other} in {against}'s metrics: its rule skipped")
+            continue
         worse = other - value if gate.higher_is_better(name) else value - other
         ok = worse <= allowed + EPSILON
         moved = f"{fmt(other)} → {fmt(value)}"
@@ -137,16 +148,3 @@ def key_metric(gate: GateSettings, comparison: Comparison) -> Metric | None:
     by_name = {m.name: m for m in comparison.metrics}
     first = next((name for name in gate.metric_names() if name in by_name), None)
     return by_name[first] if first else next(iter(comparison.metrics), None)
-
-
-def fmt(value: float | None) -> str:
-    """A metric value as the report shows it; None (absent) as a dash."""
-    return "—" if value is None else f"{value:.4f}"
-
-
-def describe_change(change: float, higher_is_better: bool) -> str:
-    """`+0.0100 ▲ better`, `-0.0390 ▼ worse` or `no change`: readable without colour."""
-    if abs(change) < EPSILON:
-        return "no change"
-    up = change > 0
-    return f"{change:+.4f} {'▲' if up else '▼'} {'better' if up == higher_is_better else 'worse'}"

@@ -1,23 +1,25 @@
-"""`branchflow report`: the pull-request comment a reviewer decides from, as GitHub markdown.
+"""`branchflow report`: the pull-request report a reviewer decides from.
 
-In order: the gate's verdict and reasons, where the run comes from, metrics against the base and
-the champion, changed params, the plots `dvc.yaml` defines (PNG files beside the report) and
-which stages reran and why. Images use relative paths, as `cml comment update` expects.
+It writes the report's data as a document, `report.json` (the schema is in `branchflow.render`:
+the gate's verdict, where the run comes from, metrics against the base and the champion, changed
+params, the plots `dvc.yaml` defines as PNG files in `report_files/`, and which stages reran and
+why), then renders `report.md` from that document with `branchflow.render`, the one renderer the
+trusted comment jobs also use. Images use relative paths, as `cml comment update` expects.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from branchflow.compare import (
     WORKSPACE,
     Base,
     Comparison,
-    Metric,
     ParamChange,
     StageChange,
     changed_params,
@@ -29,15 +31,10 @@ from branchflow.compare import (
 )
 from branchflow.config import GateSettings, load_settings
 from branchflow.context import Context, names_for, resolve_context
-from branchflow.gate import EPSILON, Verdict, describe_change, evaluate, fmt, key_metric
+from branchflow.errors import BranchflowError
+from branchflow.gate import Verdict, evaluate, key_metric
 from branchflow.plots import Plot, render_plots
-
-STATUS_WORDS = {
-    "rerun": "**rerun**",
-    "new": "**new**",
-    "reused": "reused (cached)",
-    "removed": "removed",
-}
+from branchflow.render import SCHEMA, clean_name, clean_text, figures_dir, load, render
 
 
 def write_report(
@@ -48,14 +45,17 @@ def write_report(
     fetch: bool = False,
     env: Mapping[str, str] = os.environ,
 ) -> Verdict:
-    """Write the report for the workspace at `root` to `out`, its PNGs to `<out stem>_files/`."""
+    """Write the report for the workspace at `root`: its document to `<out stem>.json`, its
+    PNGs to `<out stem>_files/`, and `out`, the markdown rendered from them."""
+    if out.suffix == ".json":
+        raise BranchflowError(f"--out {out}: name the markdown file (.md); the data goes beside")
     settings = load_settings(root)
     context = resolve_context(root, env, settings)
     base = resolve_base(root, base_ref, fetch=fetch) if base_ref else None
     labels = {WORKSPACE: f"{context.branch} (this branch)"}
     if base:
         labels[base.commit] = base.ref
-    files = out.parent / f"{out.stem}_files"
+    files = figures_dir(out)
     with ThreadPoolExecutor(max_workers=1) as background:
         plotting = background.submit(
             render_plots, root, base.commit if base else None, files, labels
@@ -65,176 +65,103 @@ def write_report(
             params = changed_params(repo, base) if base else []
         plots, plot_errors = plotting.result()
     verdict = evaluate(settings.gate, comparison)
-    sections = [
-        _verdict_section(verdict, settings.gate, comparison),
-        _header_section(context, base, data_versions(root, base)),
-        _metrics_section(comparison, settings.gate),
-        _params_section(params, base) if base else "",
-        _plots_section(plots, plot_errors, out.parent),
-        _stages_section(stage_changes(root, base), base) if base else "",
-    ]
-    out.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
+    key = key_metric(settings.gate, comparison)
+    data, base_data = data_versions(root, base)
+    document = {
+        "schema": SCHEMA,
+        "pr": context.pr_number,
+        "verdict": _verdict(verdict),
+        "run": _run(context, data),
+        "base": _base(base, base_data, comparison) if base else None,
+        "champion": {"version": comparison.champion.version} if comparison.champion else None,
+        "champion_missing": _optional_text(comparison.champion_missing),
+        "key_metric": clean_name(key.name) if key else None,
+        "metrics": _metrics(comparison, settings.gate),
+        "params": [_param(p) for p in params] if base else None,
+        "plots": [_plot(plot, files) for plot in plots],
+        "plot_errors": [clean_text(error) for error in plot_errors],
+        "stages": [_stage(s) for s in stage_changes(root, base)] if base else None,
+    }
+    source = out.with_suffix(".json")
+    source.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    markdown = render(load(source).document, files.name, run_url=context.run_url)
+    out.write_text(markdown, encoding="utf-8")
     return verdict
 
 
-def _verdict_section(verdict: Verdict, gate: GateSettings, comparison: Comparison) -> str:
-    title = "✅ Gate passed" if verdict.passed else "❌ Gate failed"
-    metric = key_metric(gate, comparison)
-    if metric is not None:
-        title += f" · {_code(metric.name)} {_headline(metric, gate, comparison)}"
-    lines = [f"## {title}", ""]
-    lines += [f"- {'✅ ok' if c.passed else '❌ **FAIL**'}: {c.text}" for c in verdict.checks]
-    lines += [f"- note: {note}" for note in verdict.notes]
-    return "\n".join(lines)
+def _verdict(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "passed": verdict.passed,
+        "checks": [{"passed": c.passed, "text": clean_text(c.text)} for c in verdict.checks],
+        "notes": [clean_text(note) for note in verdict.notes],
+    }
 
 
-def _headline(metric: Metric, gate: GateSettings, comparison: Comparison) -> str:
-    """The key metric's value and its change against the base, for the first line."""
-    base = comparison.base
-    if metric.value is None:
-        return "is missing on this branch"
-    if base is None:
-        return fmt(metric.value)
-    if metric.change is None:
-        reason = "new metric" if comparison.base_found else "no base metrics: first run"
-        return f"{fmt(metric.value)} ({reason})"
-    change = describe_change(metric.change, gate.higher_is_better(metric.name))
-    return f"{fmt(metric.value)} ({change} vs {_code(base.ref)})"
+def _run(context: Context, data: str | None) -> dict[str, Any]:
+    return {
+        "branch": clean_name(context.branch),
+        "commit": context.short_commit,
+        "dirty": context.dirty,
+        "type": context.run_type,
+        "data": _optional_name(data),
+    }
 
 
-def _header_section(
-    context: Context, base: Base | None, data: tuple[str | None, str | None]
-) -> str:
-    current, at_base = data
-    branch = f"{_code(context.branch)} at {_code(context.short_commit)}"
-    if context.dirty:
-        branch += " with uncommitted changes"
-    run = context.run_type + (f" #{context.pr_number}" if context.pr_number else "")
-    if context.run_url:
-        run += f" ([CI run]({context.run_url}))"
-    data_cell = _code(current or "unknown")
-    if base:
-        data_cell += (
-            " (same as base)" if current == at_base else f" (base: {_code(at_base or '-')})"
-        )
-    row = [
-        branch,
-        f"{_code(base.ref)} at {_code(base.commit[:7])}" if base else "none",
-        data_cell,
-        run,
-    ]
-    return "\n".join(_table(["branch", "base", "data (DVC md5)", "run"], [row]))
+def _base(base: Base, data: str | None, comparison: Comparison) -> dict[str, Any]:
+    return {
+        "ref": clean_name(base.ref),
+        "commit": base.commit,
+        "data": _optional_name(data),
+        "metrics_found": comparison.base_found,
+    }
 
 
-def _metrics_section(comparison: Comparison, gate: GateSettings) -> str:
-    base, champion = comparison.base, comparison.champion
-    headers = ["metric", "this branch"]
-    if base:
-        headers += [_code(base.ref), "change"]
-    if champion:
-        headers += [f"champion v{champion.version}", "vs champion"]
+def _metrics(comparison: Comparison, gate: GateSettings) -> list[dict[str, Any]]:
+    """Every metric, the gated ones first in the order the gate names them."""
     named = gate.metric_names()
     rank = {name: index for index, name in enumerate(named)}
-    lead, rest = [], []
-    # Gated metrics first, in the order the gate names them; the rest in the files' order.
-    for metric in sorted(comparison.metrics, key=lambda m: rank.get(m.name, len(named))):
-        changed = metric.change is None or abs(metric.change) > EPSILON
-        shown = metric.name in rank or (comparison.base_found and changed)
-        (lead if shown else rest).append(_metric_row(metric, comparison, gate))
-    if not lead:  # nothing gated or changed: the table is all there is
-        lead, rest = rest, []
-    lines = ["### Metrics", "", *_table(headers, lead)]
-    if rest:
-        unchanged = f", unchanged vs {_code(base.ref)}" if comparison.base_found and base else ""
-        lines += ["", f"<details><summary>{len(rest)} more metrics{unchanged}</summary>", ""]
-        lines += [*_table(headers, rest), "", "</details>"]
-    if base and not comparison.base_found:
-        lines += ["", f"{_code(base.ref)} has no metrics: first run, nothing to compare with."]
-    if champion is None:
-        lines += ["", f"No champion: {comparison.champion_missing}."]
-    return "\n".join(lines)
-
-
-def _metric_row(metric: Metric, comparison: Comparison, gate: GateSettings) -> list[str]:
-    higher = gate.higher_is_better(metric.name)
-    row = [_code(metric.name), fmt(metric.value)]
-    if comparison.base:
-        if metric.change is not None:
-            change = describe_change(metric.change, higher)
-        elif metric.value is None:
-            change = "removed"
-        else:
-            change = "new" if comparison.base_found else "—"
-        row += [fmt(metric.base), change]
-    if comparison.champion:
-        other = comparison.champion.metrics.get(metric.name)
-        both = metric.value is not None and other is not None
-        row += [fmt(other), describe_change(metric.value - other, higher) if both else "—"]
-    return row
-
-
-def _params_section(params: list[ParamChange], base: Base) -> str:
-    title = f"### Params changed vs {_code(base.ref)}"
-    if not params:
-        return f"{title}\n\nNone."
-    rows = [[_code(p.name), _value(p.old), _value(p.new)] for p in params]
-    return "\n".join([title, "", *_table(["param", _code(base.ref), "this branch"], rows)])
-
-
-def _plots_section(plots: list[Plot], errors: list[str], report_dir: Path) -> str:
-    lines = ["### Plots"]
-    for plot in plots:
-        links = [
-            f"![{_alt(label)}]({path.relative_to(report_dir).as_posix()})"
-            for label, path in plot.images
-        ]
-        lines += ["", f"**{plot.title}**", ""]
-        if len(links) == 1:
-            lines.append(links[0])
-        else:
-            lines += _table([_code(label) for label, _ in plot.images], [links])
-    if not plots:
-        lines += ["", "No plots defined in `dvc.yaml`."]
-    if errors:
-        lines += ["", *(f"- plot error: {error}" for error in errors)]
-    return "\n".join(lines)
-
-
-def _stages_section(stages: list[StageChange], base: Base) -> str:
-    rows = [
-        [_code(s.stage), STATUS_WORDS[s.status], "; ".join(s.reasons) or _why_not(s.status, base)]
-        for s in stages
+    champion = comparison.champion.metrics if comparison.champion else {}
+    return [
+        {
+            "name": clean_name(m.name),
+            "value": m.value,
+            "base": m.base,
+            "change": m.change,
+            "champion": champion.get(m.name),
+            "higher_is_better": gate.higher_is_better(m.name),
+            "gated": m.name in rank,
+        }
+        for m in sorted(comparison.metrics, key=lambda m: rank.get(m.name, len(named)))
     ]
-    title = f"### Pipeline stages vs {_code(base.ref)} (from `dvc.lock`)"
-    if not rows:
-        return f"{title}\n\nNo `dvc.lock` in the workspace: run `dvc repro`."
-    return "\n".join([title, "", *_table(["stage", "status", "why"], rows)])
 
 
-def _why_not(status: str, base: Base) -> str:
-    if status == "reused":
-        return f"deps, params and command as in {_code(base.ref)}"
-    return "not in the workspace's `dvc.lock`"
+def _param(param: ParamChange) -> dict[str, Any]:
+    return {
+        "name": clean_name(param.name),
+        "old": _optional_name(param.old),
+        "new": _optional_name(param.new),
+    }
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(map(_cell, headers)) + " |", "|" + "---|" * len(headers)]
-    return lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
+def _plot(plot: Plot, files: Path) -> dict[str, Any]:
+    images = [
+        {"label": clean_name(label), "file": path.relative_to(files).as_posix()}
+        for label, path in plot.images
+    ]
+    return {"title": clean_text(plot.title), "images": images}
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _stage(stage: StageChange) -> dict[str, Any]:
+    return {
+        "stage": clean_name(stage.stage),
+        "status": stage.status,
+        "reasons": [clean_text(reason) for reason in stage.reasons],
+    }
 
 
-def _code(text: str) -> str:
-    """`text` as inline code; backticks in it (a branch name, say) cannot close the span."""
-    return "`" + text.replace("`", "'") + "`"
+def _optional_name(value: object) -> str | None:
+    return None if value is None else clean_name(str(value))
 
 
-def _alt(text: str) -> str:
-    """`text` as an image's alt text: brackets in it (a branch name, say) cannot end it."""
-    return re.sub(r"[\[\]\\]", "", text)
-
-
-def _value(value: object) -> str:
-    return "—" if value is None else _code(str(value))
+def _optional_text(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
