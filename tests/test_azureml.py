@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from azure.ai.ml import load_component, load_environment, load_job
+from azure.ai.ml import load_component, load_compute, load_data, load_environment, load_job
 from azure.ai.ml.entities import CommandComponent, PipelineJob
 from click.testing import CliRunner
 
@@ -77,8 +77,10 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
         assert isinstance(component, CommandComponent)
         assert component._validate().passed
         assert component.inputs["dvc_stage_hash"].type == "string"
-        assert component.command.startswith("python -m branchflow.azureml.wrapper")
-        assert Path(folder / "components" / component.code).resolve() == compiled.resolve()
+        assert component.command.startswith("python branchflow_wrapper.py")
+        code = (folder / "components" / component.code).resolve()
+        assert code == (folder / "snapshots" / stage).resolve()
+        assert (code / "branchflow_wrapper.py").is_file()
     environment = load_environment(source=folder / "environment.yml")
     assert component.environment == f"{environment.name}:{environment.version}"
     job = load_job(source=folder / "pipeline.yml")
@@ -88,8 +90,20 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
     assert job.jobs["train"].compute == "gpu-cluster"
     assert job.jobs["train"].distribution.process_count_per_instance == 2
     assert job.jobs["frames"].compute is None  # the default: settings.default_compute
-    data_md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"]
-    assert job.inputs["dvc_data_raw_toy"].path.endswith(f"/{data_md5.removesuffix('.dir')}/")
+    md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"][:-4]
+    assert (
+        job.inputs["dvc_data_raw_toy"].path == f"badpixels-data-raw-toy:{md5}"
+    )  # SDK drops azureml:
+    asset = load_data(source=folder / "data" / "badpixels-data-raw-toy.yml")
+    assert (asset.name, asset.version) == ("badpixels-data-raw-toy", md5)
+    assert asset.path == f"azureml://datastores/workspaceblobstore/paths/badpixels/dvc/{md5}/"
+    clusters = {p.stem: load_compute(source=p) for p in (folder / "computes").glob("*.yml")}
+    assert {name: (c.min_instances, c.max_instances) for name, c in clusters.items()} == {
+        "cpu-cluster": (0, 8),
+        "gpu-cluster": (0, 1),
+    }
+    assert job.jobs["features"].resources.instance_count == 8
+    assert "--shards" in load_component(source=folder / "components/features.yml").command
     binding = "${{parent.jobs.train.outputs.out_models_model_pt}}"
     assert (
         yaml.safe_load((folder / "pipeline.yml").read_text())["jobs"]["evaluate"]["inputs"][
@@ -99,7 +113,7 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
     )
     # Nothing branch- or commit-dependent is committed: submit adds it.
     commit = sh("git", "rev-parse", "HEAD", cwd=compiled).stdout.strip()
-    for path in [*folder.rglob("*.yml"), compiled / ".amlignore"]:
+    for path in folder.rglob("*.yml"):
         text = path.read_text()
         assert commit not in text
         assert not re.search(r"\b(experiment_name|branch|commit)\b", text)
@@ -110,8 +124,9 @@ def test_a_broken_mapping_fails_validation(compiled: Path, copy_repo) -> None:
     train = repo / OUT / "components" / "train.yml"
     original = train.read_text()
     train.write_text(original.replace("type: uri_folder", "type: uri_foldr", 1))
+    dag = read_dag(repo)
     with pytest.raises(BranchflowError, match="uri_foldr"):
-        validate(repo, OUT)
+        validate(repo, OUT, dag)
     train.write_text(original)
 
     # A binding to an output that does not exist passes the SDK; our own check catches it.
@@ -120,7 +135,7 @@ def test_a_broken_mapping_fails_validation(compiled: Path, copy_repo) -> None:
     pipeline.write_text(broken)
     assert load_job(source=pipeline)._validate().passed
     with pytest.raises(BranchflowError, match="node train has no output oops"):
-        validate(repo, OUT)
+        validate(repo, OUT, dag)
 
     document = yaml.safe_load(broken)
     components = {
@@ -263,29 +278,27 @@ def test_a_foreach_group_becomes_sibling_nodes(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_the_wrapper_reproduces_every_stage_byte_for_byte(
-    compiled: Path, reproduced_repo: Path, tmp_path: Path
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_the_nodes_reproduce_every_stage_byte_for_byte(
+    compiled: Path, reproduced_repo: Path, tmp_path: Path, shards: int
 ) -> None:
-    """Each node runs like Azure ML runs it: in a fresh copy of the code snapshot (the files
-    the SDK would upload), inputs in separate read-only folders, outputs in empty folders."""
-    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
-
-    uploads = get_upload_files_from_folder(compiled, ignore_file=get_ignore_file(compiled))
-    uploaded = {relative for _, relative in uploads}
+    """Each node runs like Azure ML runs it: in a fresh copy of its own code snapshot, inputs
+    in separate read-only folders, outputs in empty folders. A sharded stage (frames,
+    features) runs as `shards` processes, one snapshot copy each, writing one output folder;
+    with 3 shards the whole pipeline runs, train and evaluate included."""
     dag = read_dag(compiled)
-    kept_out = [*dag.out_paths, "tests", ".git", ".dvc"]
-    assert not [p for p in uploaded if any(p == k or p.startswith(f"{k}/") for k in kept_out)]
-    assert {path for step in dag.steps for path in step.snapshot_paths} <= uploaded
-
     pipeline = yaml.safe_load((compiled / OUT / "pipeline.yml").read_text())
+    sharded = {n for n, job in pipeline["jobs"].items() if "resources" in job and n != "train"}
+    assert sharded == {"frames", "features"}
+    nodes = STAGES if shards == 3 else ["validate", "frames", "features"]
     folders: dict[str, Path] = {}
-    for source in dag.data:  # the content-addressed datastore path holds the data by name
+    for source in dag.data:  # the data asset's datastore path holds the data by name
         folder = tmp_path / "datastore" / source.md5
         shutil.copytree(reproduced_repo / source.path, folder / Path(source.path).name)
-        assert pipeline["inputs"][source.name]["path"].endswith(f"/{source.md5}/")
         folders[f"inputs.{source.name}"] = folder
         read_only(folder)
-    for node, job in pipeline["jobs"].items():
+    for node in nodes:
+        job = pipeline["jobs"][node]
         component = yaml.safe_load((compiled / OUT / job["component"]).read_text())
         values = {}
         for name, value in job["inputs"].items():
@@ -295,29 +308,30 @@ def test_the_wrapper_reproduces_every_stage_byte_for_byte(
             folder = tmp_path / "outputs" / node / name
             folder.mkdir(parents=True)
             folders[f"jobs.{node}.outputs.{name}"] = values[f"outputs.{name}"] = folder
-        code = tmp_path / "snapshots" / node
-        for source_file, relative in uploads:
-            (code / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source_file, code / relative)
         command = REFERENCE.sub(lambda m, v=values: str(v[m[1]]), component["command"])
         # Passive OpenMP threads: same bytes, but no spinning against other load on few cores.
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **job.get("environment_variables", {})}
-        result = subprocess.run(
-            ["bash", "-c", command], cwd=code, env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
+        count = shards if node in sharded else 1
+        for rank in range(count):
+            code = tmp_path / "nodes" / node / str(rank)
+            shutil.copytree((compiled / OUT / "components" / component["code"]).resolve(), code)
+            launch = {"RANK": str(rank), "WORLD_SIZE": str(count)} if node in sharded else {}
+            result = subprocess.run(
+                ["bash", "-c", command],
+                cwd=code,
+                env={**env, **launch},
+                capture_output=True,
+                text=True,
+            )
+            assert result.returncode == 0, result.stderr
         for name in component["outputs"]:
             read_only(folders[f"jobs.{node}.outputs.{name}"])
 
-    assert [step.node for step in dag.steps] == STAGES
-    for step in dag.steps:
+    for step in (step for step in dag.steps if step.node in nodes):
         for output in step.outputs:
             produced = folders[f"jobs.{step.node}.outputs.{output.name}"] / Path(output.path).name
             expected = md5_tree(reproduced_repo / output.path)
             assert expected and md5_tree(produced) == expected, output.path
-    for source in dag.data:
-        folder = folders[f"inputs.{source.name}"] / Path(source.path).name
-        assert md5_tree(folder) == md5_tree(reproduced_repo / source.path)
 
 
 def read_only(folder: Path) -> None:
@@ -400,7 +414,10 @@ def test_torchrun_with_two_processes_matches_one(reproduced_repo: Path, tmp_path
         ("[tool.branchflow.azureml.stages.train]\ngpus = 2\n", "unknown key 'gpus'"),
         ("[tool.branchflow.azureml.stages.train]\ndistribution = 'mpi'\n", "must be one of"),
         ("[tool.branchflow.azureml.stages.train]\ntimeout = 0\n", "whole number >= 1"),
-        ("[tool.branchflow.azureml.stages.train]\ninstance_count = 2\n", "without a distrib"),
+        ("[tool.branchflow.azureml.stages.train]\nprocess_count_per_instance = 2\n", "per node"),
+        ("[tool.branchflow.azureml.computes.big]\nmax_instances = 2\n", "needs size"),
+        ("[tool.branchflow.azureml.computes.big]\nsize = 'S'\ntier = 'spot'\n", "one of"),
+        ("[tool.branchflow.azureml.computes.big]\nsize = 'S'\nmax_instances = 0\n", ">= 1"),
         ("[tool.branchflow.azureml]\npythonpath = ['../src']\n", "inside the repository"),
     ],
 )

@@ -7,6 +7,7 @@ are errors: a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import string
 import tomllib
@@ -88,7 +89,8 @@ class AzureMLStage:
     """`[tool.branchflow.azureml.stages.<stage>]`: how one DVC stage (or `foreach` group) runs.
 
     `distribution = "pytorch"` starts `process_count_per_instance` processes on each of
-    `instance_count` nodes; `timeout` is in seconds.
+    `instance_count` nodes; without a distribution, `instance_count > 1` shards the stage:
+    each node runs it on its share of the work. `timeout` is in seconds.
     """
 
     compute: str | None = None
@@ -96,6 +98,23 @@ class AzureMLStage:
     distribution: str | None = None
     process_count_per_instance: int = 1
     timeout: int | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.distribution is None and self.instance_count > 1
+
+
+@dataclass(frozen=True)
+class AzureMLCompute:
+    """`[tool.branchflow.azureml.computes.<name>]`: a cluster `submit` creates when missing.
+
+    It scales from 0 nodes to `max_instances`, releasing nodes idle for `idle_seconds`.
+    """
+
+    size: str
+    max_instances: int = 1
+    tier: str = "dedicated"
+    idle_seconds: int = 1800
 
 
 @dataclass(frozen=True)
@@ -118,16 +137,17 @@ class AzureMLSettings:
     """`[tool.branchflow.azureml]`: compute, data and environment of the compiled pipeline.
 
     `pythonpath` lists folders (relative to the repository root) put on `PYTHONPATH` of every
-    stage; `exclude` adds `.amlignore` patterns; `stages` maps DVC stage names to run settings.
+    stage; `stages` maps DVC stage names to run settings; `computes` names the clusters
+    `submit` creates when they are missing.
     """
 
     compute: str = "cpu-cluster"
     datastore: str = "workspaceblobstore"
     data_prefix: str = "dvc"
     pythonpath: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
     environment: AzureMLEnvironment = field(default_factory=AzureMLEnvironment)
     stages: Mapping[str, AzureMLStage] = field(default_factory=dict)
+    computes: Mapping[str, AzureMLCompute] = field(default_factory=dict)
 
 
 AZUREML_KEYS = tuple(f.name for f in fields(AzureMLSettings))
@@ -149,6 +169,8 @@ class DriftSettings:
 DRIFT_KEYS = tuple(f.name for f in fields(DriftSettings))
 AZUREML_ENVIRONMENT_KEYS = tuple(f.name for f in fields(AzureMLEnvironment))
 AZUREML_STAGE_KEYS = tuple(f.name for f in fields(AzureMLStage))
+AZUREML_COMPUTE_KEYS = tuple(f.name for f in fields(AzureMLCompute))
+COMPUTE_TIERS = ("dedicated", "low_priority")
 
 
 @dataclass(frozen=True)
@@ -241,10 +263,10 @@ def _thresholds(path: Path, rule: str, table: object, prefix: str = "") -> dict[
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if isinstance(value, dict):
             flat.update(_thresholds(path, rule, value, f"{name}."))
-        elif number and (bound or value >= 0):
+        elif number and math.isfinite(value) and (bound or value >= 0):
             flat[name] = float(value)
         else:
-            kind = "a number" if bound else "a number >= 0"
+            kind = "a finite number" if bound else "a finite number >= 0"
             raise BranchflowError(
                 f"{path}: {GATE_SECTION} {rule}: '{name}' must be {kind}, got {value!r}"
             )
@@ -330,13 +352,13 @@ def _azureml_settings(path: Path, table: object, base: str) -> AzureMLSettings:
         AZUREML_ENVIRONMENT_KEYS,
     )
     stages = _table(path, "[tool.branchflow.azureml.stages]", table.get("stages", {}))
+    computes = _table(path, "[tool.branchflow.azureml.computes]", table.get("computes", {}))
     pip = env.get("pip")
     return AzureMLSettings(
         compute=text.get("compute", "cpu-cluster").removeprefix("azureml:"),
         datastore=text.get("datastore", "workspaceblobstore"),
         data_prefix=text.get("data_prefix", "dvc").strip("/"),
         pythonpath=_relative_paths(path, "azureml.pythonpath", table.get("pythonpath", [])),
-        exclude=_strings(path, "azureml.exclude", table.get("exclude", [])),
         environment=AzureMLEnvironment(
             name=_string(path, "azureml.environment.name", env.get("name", base)),
             image=_string(
@@ -349,6 +371,7 @@ def _azureml_settings(path: Path, table: object, base: str) -> AzureMLSettings:
             ),
         ),
         stages={name: _azureml_stage(path, name, value) for name, value in stages.items()},
+        computes={name: _azureml_compute(path, name, value) for name, value in computes.items()},
     )
 
 
@@ -367,10 +390,10 @@ def _azureml_stage(path: Path, name: str, table: object) -> AzureMLStage:
         count: _count(path, f"{key}.{count}", table.get(count, 1))
         for count in ("instance_count", "process_count_per_instance")
     }
-    if distribution is None and max(counts.values()) > 1:
+    if distribution is None and counts["process_count_per_instance"] > 1:
         raise BranchflowError(
-            f"{path}: [tool.branchflow] {key} starts several processes without a distribution; "
-            'set distribution = "pytorch" or drop the counts'
+            f"{path}: [tool.branchflow] {key} starts several processes per node without a "
+            'distribution; set distribution = "pytorch" or drop process_count_per_instance'
         )
     timeout = table.get("timeout")
     return AzureMLStage(
@@ -378,6 +401,27 @@ def _azureml_stage(path: Path, name: str, table: object) -> AzureMLStage:
         distribution=distribution,
         timeout=None if timeout is None else _count(path, f"{key}.timeout", timeout),
         **counts,
+    )
+
+
+def _azureml_compute(path: Path, name: str, table: object) -> AzureMLCompute:
+    key = f"azureml.computes.{name}"
+    table = _table(path, f"[tool.branchflow.{key}]", table, AZUREML_COMPUTE_KEYS)
+    if "size" not in table:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow.{key}] needs size, the VM size (e.g. Standard_DS3_v2)"
+        )
+    tier = table.get("tier", "dedicated")
+    if tier not in COMPUTE_TIERS:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key}.tier must be one of {', '.join(COMPUTE_TIERS)}, "
+            f"got {tier!r}"
+        )
+    return AzureMLCompute(
+        size=_string(path, f"{key}.size", table["size"]),
+        max_instances=_count(path, f"{key}.max_instances", table.get("max_instances", 1)),
+        tier=tier,
+        idle_seconds=_count(path, f"{key}.idle_seconds", table.get("idle_seconds", 1800)),
     )
 
 

@@ -28,8 +28,9 @@ def azureml() -> None:
 )
 @click.pass_context
 def compile_command(ctx: click.Context, out: str, check: bool) -> None:
-    """Write a component per DVC stage, the pipeline job, its environment and .amlignore,
-    then validate them offline with the Azure ML SDK."""
+    """Write a component per DVC stage, the pipeline job, its environment, data assets and
+    computes, then build each stage's code snapshot and validate it all offline with the
+    Azure ML SDK."""
     from branchflow.azureml.compile import compile_project, diff_files, write_files
     from branchflow.azureml.validate import validate
 
@@ -46,11 +47,11 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
                 err=True,
             )
             ctx.exit(EXIT_VERDICT)
-        validate(root, out)
+        validate(root, out, compiled.dag)
         click.echo(f"{out} is up to date and valid")
         return
     changed = write_files(root, out, compiled.files)
-    validate(root, out)
+    validate(root, out, compiled.dag)
     for path in changed:
         click.echo(f"wrote {path}")
     click.echo(f"{out}: {len(compiled.dag.steps)} stages, valid")
@@ -66,12 +67,17 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     show_default=True,
     help="Seconds --wait waits before it cancels the job and fails.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the job as YAML; contact nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the job as YAML, and on stderr what would be created; contact nothing.",
+)
 @click.option(
     "--pipeline-type", default="training", show_default=True, help="Pipeline type for the names."
 )
 def submit_command(out: str, wait: bool, timeout: float, dry_run: bool, pipeline_type: str) -> None:
-    """Submit the compiled pipeline with this branch's experiment, display name and tags."""
+    """Submit the compiled pipeline with this branch's experiment, display name and tags,
+    after creating the computes, data assets and environment it needs that are missing."""
     from branchflow.azureml.submit import prepare, submit, workspace
 
     root = Path.cwd()
@@ -80,6 +86,8 @@ def submit_command(out: str, wait: bool, timeout: float, dry_run: bool, pipeline
     submission = prepare(root, out, os.environ, pipeline_type)
     if ids is None:
         click.echo(submission.text, nl=False)
+        for line in submission.plan():
+            click.echo(line, err=True)
         return
     submit(root, submission, ids, wait=wait, timeout=timeout, log=click.echo)
 

@@ -59,15 +59,30 @@ class Output:
 
 
 @dataclass(frozen=True)
+class ParamsFile:
+    """A params file a step reads: only the declared `values` (nested), or all of it (None)."""
+
+    path: str
+    values: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Step:
-    """One DVC stage, ready to become one Azure ML command node."""
+    """One DVC stage, ready to become one Azure ML command node.
+
+    `snapshot_paths` are its git-tracked dependencies (files or folders) and `params` its
+    params files: together with the stage wrapper, exactly what its code snapshot holds.
+    `wdir` is the folder its commands run in, from the repository root.
+    """
 
     stage: str
     node: str
     cmd: tuple[str, ...]
+    wdir: str
     inputs: tuple[Input, ...]
     outputs: tuple[Output, ...]
     snapshot_paths: tuple[str, ...]
+    params: tuple[ParamsFile, ...]
     digest: str
     always_changed: bool
 
@@ -175,9 +190,14 @@ class _Reader:
         sid = stage_id(stage)
         inputs: dict[str, Input] = {}
         snapshot: list[str] = []
+        params = [
+            ParamsFile(self._rel(dep.fs_path), _declared_values(dep))
+            for dep in stage.deps
+            if _is_params(dep)
+        ]
         for dep in stage.deps:
             producers = [] if _is_params(dep) else self._producers(dep)
-            if not producers:
+            if not producers and not _is_params(dep):
                 snapshot.append(self._rel(dep.fs_path))
             for out in producers:
                 path = self._rel(out.fs_path)
@@ -205,9 +225,11 @@ class _Reader:
             stage=sid,
             node=self.nodes[sid],
             cmd=tuple(cmd),
+            wdir=self._rel(stage.wdir),
             inputs=tuple(inputs.values()),
             outputs=tuple(outputs),
             snapshot_paths=tuple(dict.fromkeys(snapshot)),
+            params=tuple(params),
             digest=self._digest(stage),
             always_changed=bool(stage.always_changed),
         )
@@ -289,8 +311,10 @@ def _check_unique(names: dict[str, str], what: str) -> None:
 def _check_supported(stage: Any, root: Path) -> None:
     """Refuse what the stage wrapper cannot reproduce, with the fix in the message."""
     sid = stage_id(stage)
-    if os.path.normpath(stage.wdir) != os.path.normpath(root):
-        raise BranchflowError(f"{sid}: `wdir` is not supported on Azure ML; drop it from dvc.yaml")
+    if not Path(stage.wdir).resolve().is_relative_to(root.resolve()):
+        raise BranchflowError(
+            f"{sid}: `wdir` {stage.wdir} is outside the repository; use a folder inside it"
+        )
     if stage.frozen:
         raise BranchflowError(f"{sid}: frozen stages are not supported; `dvc unfreeze {sid}`")
     for item in [*stage.deps, *stage.outs]:
@@ -311,6 +335,16 @@ def _is_params(dep: Any) -> bool:
     from dvc.dependency import ParamsDependency
 
     return isinstance(dep, ParamsDependency)
+
+
+def _declared_values(dep: Any) -> dict[str, Any] | None:
+    """The declared params of a params dependency, nested as in its file; None: all of it.
+
+    Only YAML and JSON files are cut down to those keys; the others travel whole.
+    """
+    if not dep.params or Path(dep.fs_path).suffix not in (".yaml", ".yml", ".json"):
+        return None
+    return dep.read_params(flatten=False)
 
 
 def _md5(out: Any) -> str:

@@ -19,11 +19,15 @@ from typing import Any
 import yaml
 
 from branchflow.azureml.compile import (
+    COMPUTES,
+    DATA,
     ENVIRONMENT_FILE,
     PIPELINE_FILE,
     compile_project,
+    data_asset_name,
     diff_files,
 )
+from branchflow.azureml.upload import upload_source
 from branchflow.azureml.validate import validate
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
@@ -35,12 +39,35 @@ POLL_SECONDS = 20
 
 
 @dataclass(frozen=True)
+class DataUpload:
+    """A DVC data source and the data asset that holds it on Azure ML."""
+
+    asset: Path  # its generated data/<name>.yml
+    local: Path  # its DVC path in the workspace
+    dvcfile: str
+    prefix: str  # where in the datastore: <data_prefix>/<md5>
+
+
+@dataclass(frozen=True)
 class Submission:
-    """The job exactly as it will be submitted, and where its returned outputs go afterwards."""
+    """The job exactly as it will be submitted, what it needs provisioned first, and where
+    its returned outputs go afterwards."""
 
     text: str
     environment: Path
     returned: Mapping[str, str]  # pipeline output -> DVC path
+    datastore: str
+    data: tuple[DataUpload, ...]
+    computes: tuple[Path, ...]  # generated computes/<name>.yml
+
+    def plan(self) -> list[str]:
+        """What `submit` creates when it is missing, one line each (for `--dry-run`)."""
+        lines = [f"would create compute {path.stem} if missing" for path in self.computes]
+        return lines + [
+            f"would upload {upload.local.name} ({upload.dvcfile}) and register data asset "
+            f"{upload.asset.stem} if missing"
+            for upload in self.data
+        ]
 
 
 def prepare(
@@ -56,7 +83,7 @@ def prepare(
         raise BranchflowError(
             f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
         )
-    validate(root, out)
+    validate(root, out, compiled.dag)
     context = resolve_context(root, env, settings)
     names = names_for(context, settings, pipeline_type)
     pipeline = yaml.safe_load((root / out / PIPELINE_FILE).read_text(encoding="utf-8"))
@@ -81,10 +108,23 @@ def prepare(
         **pipeline,
     }
     returned = {o.name: o.path for step in compiled.dag.steps for o in step.outputs if o.returned}
+    prefix = settings.azureml.data_prefix
+    data = tuple(
+        DataUpload(
+            asset=root / out / DATA / f"{data_asset_name(source, settings.base_name)}.yml",
+            local=root / source.path,
+            dvcfile=source.dvcfile,
+            prefix=f"{prefix}/{source.md5}",
+        )
+        for source in compiled.dag.data
+    )
     return Submission(
         text=yaml.safe_dump(document, sort_keys=False, width=1000),
         environment=root / out / ENVIRONMENT_FILE,
         returned=returned,
+        datastore=settings.azureml.datastore,
+        data=data,
+        computes=tuple(sorted((root / out / COMPUTES).glob("*.yml"))),
     )
 
 
@@ -109,22 +149,24 @@ def submit(
     timeout: float,
     log: Callable[[str], None],
 ) -> None:
-    """Register the environment, submit the job; with `wait`, follow it and fetch its results."""
+    """Create what is missing (computes, data assets, the environment), submit the job; with
+    `wait`, follow it and fetch its results."""
     try:
         from azure.ai.ml import MLClient, load_environment, load_job
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.core.exceptions import AzureError
         from azure.identity import DefaultAzureCredential
     except ImportError as exc:
         raise BranchflowError(
             f"submitting needs the Azure ML SDK ({exc.name} is missing); "
             'pip install "branchflow[azure]"'
         ) from exc
-    client = MLClient(DefaultAzureCredential(), *workspace_ids)
+    credential = DefaultAzureCredential()
+    client = MLClient(credential, *workspace_ids)
     try:
+        _create_computes(client, submission.computes, log)
+        _create_data(root, client, credential, submission, log)
         environment = load_environment(source=submission.environment)
-        try:
-            client.environments.get(environment.name, version=environment.version)
-        except ResourceNotFoundError:
+        if not _exists(client.environments.get, environment.name, version=environment.version):
             log(f"registering environment {environment.name}:{environment.version}")
             client.environments.create_or_update(environment)
         with tempfile.TemporaryDirectory() as folder:
@@ -138,6 +180,73 @@ def submit(
     except AzureError as exc:  # MlException included
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BranchflowError(f"Azure ML: {message}") from exc
+
+
+def _exists(get: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        get(*args, **kwargs)
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
+def _create_computes(client: Any, files: tuple[Path, ...], log: Callable[[str], None]) -> None:
+    """Create each configured cluster that does not exist; an existing one is used as it is."""
+    from azure.ai.ml import load_compute
+
+    for path in files:
+        compute = load_compute(source=path)
+        if _exists(client.compute.get, compute.name):
+            log(f"compute {compute.name} exists; used as it is")
+            continue
+        log(
+            f"creating compute {compute.name} ({compute.size}, {compute.min_instances}-"
+            f"{compute.max_instances} nodes)"
+        )
+        client.compute.begin_create_or_update(compute).result()
+
+
+def _create_data(
+    root: Path, client: Any, credential: Any, submission: Submission, log: Callable[[str], None]
+) -> None:
+    """Register each DVC data source as a data asset, uploading it first, when it is missing."""
+    from azure.ai.ml import load_data
+
+    container = None
+    for upload in submission.data:
+        asset = load_data(source=upload.asset)
+        if _exists(client.data.get, asset.name, version=asset.version):
+            log(f"data asset {asset.name}:{asset.version} exists; nothing uploaded")
+            continue
+        _check_workspace_data(root, upload)
+        container = container or _container(client, credential, submission.datastore)
+        upload_source(container, upload.local, upload.prefix, log)
+        log(f"registering data asset {asset.name}:{asset.version}")
+        client.data.create_or_update(asset)
+
+
+def _check_workspace_data(root: Path, upload: DataUpload) -> None:
+    """Refuse to upload workspace data that differs from what its `.dvc` file records."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        changed = repo.status(targets=[str(root / upload.dvcfile)])
+    if changed:
+        raise BranchflowError(
+            f"{upload.local.relative_to(root)} differs from {upload.dvcfile}; run "
+            f"`dvc checkout {upload.dvcfile}` (or `dvc pull {upload.dvcfile}`) before submitting"
+        )
+
+
+def _container(client: Any, credential: Any, datastore: str) -> Any:
+    """The blob container behind an Azure ML datastore, with this session's credential."""
+    from azure.storage.blob import ContainerClient
+
+    store = client.datastores.get(datastore)
+    url = f"{store.protocol}://{store.account_name}.blob.{store.endpoint}"
+    return ContainerClient(url, store.container_name, credential=credential)
 
 
 def _wait(client: Any, name: str, timeout: float, url: str, log: Callable[[str], None]) -> None:

@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
-from branchflow.azureml.compile import COMPONENTS, ENVIRONMENT_FILE, PIPELINE_FILE
+from branchflow.azureml.compile import COMPONENTS, COMPUTES, DATA, ENVIRONMENT_FILE, PIPELINE_FILE
+from branchflow.azureml.dag import Dag
+from branchflow.azureml.snapshot import write_snapshots
 from branchflow.errors import BranchflowError
 
 BINDING = re.compile(
@@ -29,8 +31,10 @@ BINDING = re.compile(
 LITERALS = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
 
 
-def validate(root: Path, out: str) -> None:
-    """Load every file under `root/out` with the SDK, offline; raise listing all problems."""
+def validate(root: Path, out: str, dag: Dag) -> None:
+    """Write the code snapshots of `dag`'s steps, then load every file under `root/out` with
+    the SDK, offline; raise listing all problems."""
+    write_snapshots(root, out, dag)
     folder = root / out
     problems = _sdk_problems(folder)
     components = {
@@ -122,7 +126,7 @@ def _check_input(
 def _sdk_problems(folder: Path) -> list[str]:
     """Load the environment, components and pipeline with azure-ai-ml and run `_validate()`."""
     try:
-        from azure.ai.ml import load_component, load_environment, load_job
+        from azure.ai.ml import load_component, load_compute, load_data, load_environment, load_job
     except ImportError as exc:
         raise BranchflowError(
             f"validating needs the Azure ML SDK ({exc.name} is missing); "
@@ -131,6 +135,9 @@ def _sdk_problems(folder: Path) -> list[str]:
     problems: list[str] = []
     with _quiet_sdk():
         _load(problems, load_environment, folder / ENVIRONMENT_FILE)
+        for subfolder, loader in ((DATA, load_data), (COMPUTES, load_compute)):
+            for path in sorted((folder / subfolder).glob("*.yml")):
+                _load(problems, loader, path)
         for path in sorted((folder / COMPONENTS).glob("*.yml")):
             _load(problems, load_component, path)
         if not problems:  # a broken component breaks the SDK's own error report of the job

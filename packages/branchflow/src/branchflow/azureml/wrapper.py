@@ -1,16 +1,24 @@
 """The stage wrapper: run one DVC stage's own commands on Azure ML, as `dvc repro` runs them.
 
-    python -m branchflow.azureml.wrapper --stage train --stage-hash HASH \\
+    python branchflow_wrapper.py --stage train --stage-hash HASH \\
         --in data/processed/features=/mnt/in --out models/model.pt=/mnt/out \\
         -- 'python -m badpixels.train data/processed/features models/model.pt'
 
-From the repository root of the code snapshot (the working directory) it links each input
-path to `<mount>/<its name>`, removes stale outputs, runs each command with `$SHELL -c` (as
-DVC does, with `DVC_ROOT` and `DVC_STAGE` set), then copies each output to
-`<mount>/<its name>`. Under a distributed launch (`RANK` set) every process links the inputs,
-atomically, and only rank 0 touches the outputs.
+From the root of the stage's code snapshot (the working directory) it links each input path
+to `<mount>/<its name>`, removes stale outputs, runs each command with `$SHELL -c` in the
+stage's `--wdir` (as DVC does, with `DVC_ROOT` and `DVC_STAGE` set), then copies each output
+to `<mount>/<its name>`.
 
-Standard library only: it runs in any environment that has Python.
+Under a distributed launch (`RANK` set) every process links the inputs, atomically, and only
+rank 0 touches the outputs. With `--shards`, each process is one shard of the stage's work:
+the stage reads `BRANCHFLOW_SHARD_INDEX` and `BRANCHFLOW_SHARD_COUNT` (from `RANK` and
+`WORLD_SIZE`) and every shard adds its files to the same output folders.
+
+It writes and deletes only inside the snapshot and the output mounts: paths must be
+relative, below the snapshot root, and never reached through a symbolic link.
+
+Standard library only: `compile` ships this file in every snapshot, so nodes need nothing
+installed to run it.
 """
 
 from __future__ import annotations
@@ -22,34 +30,41 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
+SHARD_INDEX = "BRANCHFLOW_SHARD_INDEX"
+SHARD_COUNT = "BRANCHFLOW_SHARD_COUNT"
+
 
 class WrapperError(Exception):
-    """A mount or output that is not where the stage needs it."""
+    """A path, mount or output that is not where the stage needs it."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the stage; return its exit status (1 for a missing input or output)."""
+    """Run the stage; return its exit status (1 for a bad path, input or output)."""
     args = _parser().parse_args(argv)
-    root = Path.cwd()
-    primary = os.environ.get("RANK", "0") == "0"
+    root = Path.cwd().resolve()
+    env = {**os.environ, "DVC_ROOT": str(root), "DVC_STAGE": args.stage}
+    rank = os.environ.get("RANK", "0")
+    writes_outputs = args.shards or rank == "0"
     _log(f"DVC stage {args.stage}, dvc_stage_hash {args.stage_hash}")
     try:
+        if args.shards:
+            env.update(_shard(rank, os.environ.get("WORLD_SIZE", "1")))
+        wdir = _inside(root, args.wdir, "--wdir")
         for path, mount in args.inputs:
-            _link(root / path, mount / path.name)
-        if primary:
+            _link(_inside(root, path, "--in"), mount / path.name)
+        if writes_outputs:
             for path, _ in args.outputs:
-                _remove(root / path)
-        env = {**os.environ, "DVC_ROOT": str(root), "DVC_STAGE": args.stage}
+                _remove(_inside(root, path, "--out"))
         shell = os.environ.get("SHELL") or "/bin/sh"
         for command in args.commands:
             _log(f"> {command}")
-            status = subprocess.run([shell, "-c", command], cwd=root, env=env).returncode
+            status = subprocess.run([shell, "-c", command], cwd=wdir, env=env).returncode
             if status:
                 _log(f"the command failed with exit status {status}")
                 return status
-        if primary:
+        if writes_outputs:
             for path, mount in args.outputs:
-                _copy(root / path, mount / path.name)
+                _copy(_inside(root, path, "--out"), mount / path.name, merge=args.shards)
     except WrapperError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -58,11 +73,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m branchflow.azureml.wrapper",
+        prog="python branchflow_wrapper.py",
         description="Run a DVC stage's commands with Azure ML input and output folders.",
     )
     parser.add_argument("--stage", required=True, help="DVC stage name (for logs, DVC_STAGE)")
     parser.add_argument("--stage-hash", default="", help="the stage digest (for the logs)")
+    parser.add_argument(
+        "--wdir", type=PurePosixPath, default=PurePosixPath("."), help="the stage's wdir"
+    )
+    parser.add_argument(
+        "--shards", action="store_true", help="each process (RANK of WORLD_SIZE) is one shard"
+    )
     for flag, dest, what in (("--in", "inputs", "input"), ("--out", "outputs", "output")):
         parser.add_argument(
             flag,
@@ -81,11 +102,33 @@ def _pair(text: str) -> tuple[PurePosixPath, Path]:
     """`PATH=FOLDER`, split at the last `=` (Azure ML folders have none)."""
     path, sep, folder = text.rpartition("=")
     relative = PurePosixPath(path)
-    if not sep or not path or not folder or relative.is_absolute() or ".." in relative.parts:
+    if not sep or not path or not folder or not relative.parts:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected PATH=FOLDER with PATH relative to the repository root"
+            f"{text!r}: expected PATH=FOLDER with PATH a file or folder below the repository root"
         )
     return relative, Path(folder).absolute()
+
+
+def _shard(rank: str, world_size: str) -> dict[str, str]:
+    """The shard variables of this process, from the launcher's rank and world size."""
+    if not (rank.isdigit() and world_size.isdigit() and int(rank) < int(world_size)):
+        raise WrapperError(f"--shards needs RANK < WORLD_SIZE, got RANK={rank!r} of {world_size!r}")
+    _log(f"shard {rank} of {world_size}")
+    return {SHARD_INDEX: rank, SHARD_COUNT: world_size}
+
+
+def _inside(root: Path, path: PurePosixPath, flag: str) -> Path:
+    """`root/path`, refused unless it lies below `root` without passing a symbolic link."""
+    if path.is_absolute() or ".." in path.parts:
+        raise WrapperError(f"{flag} {path}: give a path below the snapshot root, relative")
+    target = root.joinpath(*path.parts)
+    walked = [*reversed(target.parents), *([target] if flag == "--wdir" else [])]
+    for parent in walked:  # an input or output itself may be a link: it is replaced, not followed
+        if parent.is_relative_to(root) and parent != root and parent.is_symlink():
+            raise WrapperError(f"{flag} {path}: {parent.relative_to(root)} is a symbolic link")
+    if target == root and flag != "--wdir":
+        raise WrapperError(f"{flag} {path}: the snapshot root itself cannot be an input or output")
+    return target
 
 
 def _link(target: Path, source: Path) -> None:
@@ -101,35 +144,42 @@ def _link(target: Path, source: Path) -> None:
     temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
     temporary.symlink_to(source, target_is_directory=source.is_dir())
     os.replace(temporary, target)
-    _log(f"{target.relative_to(Path.cwd())} -> {source}")
+    _log(f"{os.path.relpath(target)} -> {source}")
 
 
 def _remove(path: Path) -> None:
-    """Delete an output before the run, as DVC does, so a stale one never passes for new."""
+    """Delete an output before the run, as DVC does, so a stale one never passes for new; a
+    symbolic link is removed itself, never what it points to."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
 
 
-def _copy(source: Path, target: Path) -> None:
-    """Copy file contents only: mounted storage need not accept modes or times."""
+def _copy(source: Path, target: Path, merge: bool) -> None:
+    """Copy file contents only (mounted storage need not accept modes or times); `merge` adds
+    to what other shards wrote, each file replaced whole."""
     if not source.exists():
         raise WrapperError(f"the stage did not write {source}; check its cmd and outs")
-    _remove(target)
+    if not merge:
+        _remove(target)
     if source.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        _write(source, target)
     else:
-        for item in sorted(source.rglob("*")):
-            destination = target / item.relative_to(source)
-            if item.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-            else:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(item, destination)
-        target.mkdir(parents=True, exist_ok=True)
-    _log(f"{source.relative_to(Path.cwd())} -> {target}")
+        for folder, _, names in os.walk(source):  # symbolic links to folders are not followed
+            here = target / Path(folder).relative_to(source)
+            here.mkdir(parents=True, exist_ok=True)
+            for name in sorted(names):
+                _write(Path(folder, name), here / name)
+    _log(f"{os.path.relpath(source)} -> {target}")
+
+
+def _write(source: Path, target: Path) -> None:
+    """Copy one file under a temporary name, then rename: readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def _log(message: str) -> None:

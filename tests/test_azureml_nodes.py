@@ -1,0 +1,313 @@
+"""Azure ML nodes: per-stage code snapshots under the SDK's own hashing, the wrapper's path
+safety, `wdir` and `dvc.yaml` in subfolders, a foreign project's environment, computes, and
+the data upload against a real Azure Blob endpoint (Azurite)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from azure.ai.ml import load_job
+from azure.ai.ml._utils._asset_utils import get_content_hash, get_ignore_file
+from azure.storage.blob import ContainerClient
+
+from branchflow.azureml import wrapper
+from branchflow.azureml.upload import upload_source
+from tests.conftest import init_repo, sh
+from tests.test_azureml import OUT, PARENT, REFERENCE, md5_tree, run_cli
+from tests.test_remote import azurite, connection_string  # noqa: F401 (a fixture)
+
+WRAPPER = Path(wrapper.__file__)
+
+
+def compile_repo(repo: Path) -> None:
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 0, result.output
+
+
+def code_hashes(repo: Path) -> dict[str, str]:
+    """Each component's code version as azure-ai-ml computes it before an upload."""
+    compile_repo(repo)
+    folder = repo / OUT / "snapshots"
+    return {p.name: get_content_hash(p, get_ignore_file(p)) for p in sorted(folder.iterdir())}
+
+
+def reuse_inputs(repo: Path) -> dict[str, object]:
+    jobs = yaml.safe_load((repo / OUT / "pipeline.yml").read_text())["jobs"]
+    return {node: job["inputs"] for node, job in jobs.items()}
+
+
+def changed(before: dict[str, object], after: dict[str, object]) -> set[str]:
+    return {key for key in before if before[key] != after[key]}
+
+
+def test_each_node_uploads_only_what_its_stage_reads(project_repo: Path, copy_repo) -> None:
+    repo = copy_repo(project_repo)
+    hashes, inputs = code_hashes(repo), reuse_inputs(repo)
+
+    train = repo / "src/badpixels/train.py"
+    train.write_text(f"{train.read_text()}# edited\n")
+    after = code_hashes(repo)
+    assert changed(hashes, after) == {"train"}
+    hashes, inputs = after, reuse_inputs(repo)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    after = code_hashes(repo)
+    assert changed(hashes, after) == {"train"}  # its params.yaml holds the train section only
+    assert changed(inputs, reuse_inputs(repo)) == {"train", "evaluate"}
+    snapshot_params = yaml.safe_load((repo / OUT / "snapshots/train/params.yaml").read_text())
+    assert snapshot_params == {"train": params["train"]}
+    hashes, inputs = after, reuse_inputs(repo)
+
+    for path in ["tests/test_gate.py", "docs/ci.md", ".github/workflows/pr.yml"]:
+        (repo / path).write_text(f"{(repo / path).read_text()}\n# edited\n")
+    (repo / "mlflow.db").write_bytes(b"a local register")  # what `branchflow register` writes
+    (repo / "mlartifacts/1").mkdir(parents=True)
+    (repo / "mlartifacts/1/model.pt").write_bytes(b"weights")
+    (repo / "src/badpixels/__pycache__").mkdir()
+    (repo / "src/badpixels/__pycache__/train.cpython-311.pyc").write_bytes(b"bytecode")
+    assert code_hashes(repo) == hashes
+    assert reuse_inputs(repo) == inputs
+
+
+def run_wrapper(snapshot: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(WRAPPER), "--stage", "s", *args],
+        cwd=snapshot,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--out", "."),
+        ("--out", "../outside"),
+        ("--out", "/tmp/outside"),
+        ("--out", "escape/victim.txt"),  # through a symbolic link out of the snapshot
+        ("--in", "escape/victim.txt"),
+        ("--wdir", "escape"),
+    ],
+)
+def test_the_wrapper_touches_nothing_outside_its_snapshot(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    snapshot, outside, mount = tmp_path / "snapshot", tmp_path / "outside", tmp_path / "mount"
+    for folder in (snapshot, outside, mount):
+        folder.mkdir()
+    (snapshot / "kept.txt").write_text("snapshot file\n")
+    (outside / "victim.txt").write_text("not the stage's\n")
+    (mount / "victim.txt").write_text("input\n")
+    (snapshot / "escape").symlink_to(outside, target_is_directory=True)
+    argument = [flag, value] if flag == "--wdir" else [flag, f"{value}={mount}"]
+    result = run_wrapper(snapshot, *argument, "--", "touch written-by-stage")
+    assert result.returncode in (1, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    assert (outside / "victim.txt").read_text() == "not the stage's\n"
+    assert (snapshot / "kept.txt").read_text() == "snapshot file\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert not (snapshot / "written-by-stage").exists()  # refused before the command ran
+
+
+def test_shards_add_their_files_to_one_output_folder(tmp_path: Path) -> None:
+    """Each shard writes its part; shared files (same bytes) are replaced whole."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    stage = (
+        "python3 -c \"import os, pathlib; i = os.environ['BRANCHFLOW_SHARD_INDEX']; "
+        "n = os.environ['BRANCHFLOW_SHARD_COUNT']; out = pathlib.Path('out'); out.mkdir(); "
+        "(out / f'part-{i}-of-{n}').write_text(i); (out / 'shared').write_text('same')\""
+    )
+    for rank in range(3):
+        snapshot = tmp_path / f"node{rank}"
+        snapshot.mkdir()
+        result = run_wrapper(
+            snapshot,
+            "--shards",
+            "--out",
+            f"out={mount}",
+            "--",
+            stage,
+            RANK=str(rank),
+            WORLD_SIZE="3",
+        )
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (mount / "out").iterdir()) == [
+        "part-0-of-3",
+        "part-1-of-3",
+        "part-2-of-3",
+        "shared",
+    ]
+    result = run_wrapper(tmp_path, "--shards", "--", "true", RANK="3", WORLD_SIZE="3")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: --shards needs RANK < WORLD_SIZE, got RANK='3' of '3'"
+    )
+
+
+def make_subfolder_project(repo: Path) -> Path:
+    """Two pipelines in subfolders; one stage runs in `wdir: ../..`, one reads a second
+    params file."""
+    files = {
+        "pyproject.toml": '[project]\nname = "two-pipelines"\n',
+        "tools/scale.py": """
+            import os, sys, yaml
+            os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+            factor = yaml.safe_load(open("params.yaml"))["prepare"]["factor"]
+            extra = yaml.safe_load(open("extra.yaml"))["offset"]
+            numbers = [int(n) * factor + extra for n in open(sys.argv[1]).read().split()]
+            open(sys.argv[2], "w").write(" ".join(map(str, numbers)) + "\\n")
+        """,
+        "pipelines/train/raw.txt": "1 2 3\n",
+        "pipelines/train/params.yaml": "prepare:\n  factor: 3\n  unused: 1\n",
+        "pipelines/train/extra.yaml": "offset: 1\nother: 2\n",
+        "pipelines/train/dvc.yaml": """
+            stages:
+              prepare:
+                cmd: python ../../tools/scale.py raw.txt out/prepared.txt
+                deps: [raw.txt, ../../tools/scale.py]
+                params: [prepare.factor, {extra.yaml: [offset]}]
+                outs: [out/prepared.txt]
+        """,
+        "pipelines/score/dvc.yaml": """
+            stages:
+              score:
+                wdir: ../..
+                cmd: tr ' ' '\\n' < pipelines/train/out/prepared.txt | sort -rn > scores.txt
+                deps: [pipelines/train/out/prepared.txt]
+                outs: [scores.txt]
+        """,
+    }
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(textwrap.dedent(text).lstrip())
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    return init_repo(repo)
+
+
+def test_subfolder_pipelines_and_wdir_run_on_nodes_as_under_dvc(tmp_path: Path) -> None:
+    repo = make_subfolder_project(tmp_path / "repo")
+    compile_repo(repo)
+    pipeline = yaml.safe_load((repo / OUT / "pipeline.yml").read_text())
+    assert list(pipeline["jobs"]) == ["pipelines_train_prepare", "pipelines_score_score"]
+    assert load_job(source=repo / OUT / "pipeline.yml")._validate().passed
+    snapshot = repo / OUT / "snapshots/pipelines_train_prepare"
+    assert yaml.safe_load((snapshot / "pipelines/train/params.yaml").read_text()) == {
+        "prepare": {"factor": 3}
+    }
+    assert yaml.safe_load((snapshot / "pipelines/train/extra.yaml").read_text()) == {"offset": 1}
+
+    outputs = run_nodes(repo, pipeline, tmp_path)
+    sh("dvc", "repro", "-q", "pipelines/train/dvc.yaml", "pipelines/score/dvc.yaml", cwd=repo)
+    assert (repo / "scores.txt").read_text() == "10\n7\n4\n"
+    for path, produced in outputs.items():
+        assert md5_tree(produced) == md5_tree(repo / path), path
+
+
+def run_nodes(repo: Path, pipeline: dict, tmp_path: Path) -> dict[str, Path]:
+    """Run every node's command as Azure ML would: from a copy of its snapshot, inputs and
+    outputs in separate folders. Returns each DVC output path's produced copy."""
+    folders: dict[str, Path] = {}
+    produced: dict[str, Path] = {}
+    for node, job in pipeline["jobs"].items():
+        component = yaml.safe_load((repo / OUT / job["component"]).read_text())
+        values = {}
+        for name, value in job["inputs"].items():
+            bound = PARENT.fullmatch(str(value))
+            values[f"inputs.{name}"] = str(folders[bound[1]]) if bound else str(value)
+        for name, spec in component["outputs"].items():
+            folder = tmp_path / "outputs" / node / name
+            folder.mkdir(parents=True)
+            folders[f"jobs.{node}.outputs.{name}"] = values[f"outputs.{name}"] = folder
+            produced[spec["description"]] = folder / Path(spec["description"]).name
+        code = tmp_path / "nodes" / node
+        shutil.copytree(repo / OUT / "components" / component["code"], code)
+        command = REFERENCE.sub(lambda m, v=values: str(v[m[1]]), component["command"])
+        result = subprocess.run(["bash", "-c", command], cwd=code, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    return produced
+
+
+def test_a_foreign_projects_environment_holds_what_its_nodes_import(tmp_path: Path) -> None:
+    repo = make_subfolder_project(tmp_path / "repo")
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "two-pipelines"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["pyyaml>=6"]\n'
+    )
+    sh("uv", "lock", "-q", cwd=repo)
+    compile_repo(repo)
+    conda = yaml.safe_load((repo / OUT / "conda.yml").read_text())
+    pip = conda["dependencies"][-1]["pip"]
+    assert any(line.startswith("pyyaml==") for line in pip), pip
+    assert not any(line.startswith("branchflow") for line in pip)  # the wrapper travels as code
+    result = run_cli(repo, "check")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_cluster_too_small_for_a_sharded_stage_is_an_error(tmp_path: Path) -> None:
+    repo = make_subfolder_project(tmp_path / "repo")
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "two-pipelines"\n\n'
+        '[tool.branchflow.azureml.computes.cpu-cluster]\nsize = "Standard_DS3_v2"\n'
+        'max_instances = 2\n\n[tool.branchflow.azureml.stages."pipelines/train/dvc.yaml:prepare"]\n'
+        "instance_count = 3\n"
+    )
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "error: [tool.branchflow.azureml.computes.cpu-cluster] max_instances = 2, but node "
+        "pipelines_train_prepare asks for instance_count = 3; raise max_instances\n"
+    )
+
+
+def test_submit_dry_run_names_every_create(project_repo: Path, copy_repo) -> None:
+    repo = copy_repo(project_repo)
+    result = run_cli(repo, "azureml", "submit", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "would create compute cpu-cluster if missing",
+        "would create compute gpu-cluster if missing",
+        "would upload toy (data.dvc) and register data asset badpixels-data-raw-toy if missing",
+    ]
+
+
+def test_a_data_source_uploads_once(azurite: int, tmp_path: Path) -> None:  # noqa: F811
+    source = tmp_path / "toy"
+    (source / "videos").mkdir(parents=True)
+    for index in range(3):
+        (source / "videos" / f"v{index}.mp4").write_bytes(os.urandom(2048))
+    (source / "labels.csv").write_text("video,y,x,kind\n")
+    container = ContainerClient.from_connection_string(connection_string(azurite), "branchflow")
+    prefix = "badpixels/dvc/0123abcd"
+
+    first = upload_source(container, source, prefix)
+    assert (first.sent, first.kept) == (4, 0)
+    blobs = {b.name for b in container.list_blobs(name_starts_with=prefix)}
+    assert blobs == {
+        f"{prefix}/toy/{p.relative_to(source).as_posix()}" for p in source.rglob("*") if p.is_file()
+    }
+    for name in blobs:
+        local = source / name.removeprefix(f"{prefix}/toy/")
+        assert container.download_blob(name).readall() == local.read_bytes()
+        md5 = container.get_blob_client(name).get_blob_properties().content_settings.content_md5
+        assert bytes(md5) == hashlib.md5(local.read_bytes()).digest()
+
+    second = upload_source(container, source, prefix)
+    assert (second.sent, second.kept) == (0, 4)
+    (source / "labels.csv").write_text("video,y,x,kind\nv0,1,2,hot\n")  # an interrupted upload
+    third = upload_source(container, source, prefix)
+    assert (third.sent, third.kept) == (1, 3)
