@@ -80,8 +80,21 @@ def test_bad_params_leave_no_output(project: Path, edit, fragments: list[str]) -
 
 def test_missing_key_in_another_stage(project: Path) -> None:
     params = project / "params.yaml"
-    params.write_text(params.read_text().replace("frames:\n  workers: 2\n", "frames: {}\n"))
-    assert_clear_failure(stage(project, "frames", RAW, MANIFEST, "out"), "'frames.workers'")
+    text = params.read_text()
+    assert "  patch: 5 " in text
+    params.write_text(text.replace("  patch: 5 ", "  # patch: 5 "))
+    result = stage(project, "features", "frames", f"{RAW}/labels.csv", "out")
+    assert_clear_failure(result, "missing key 'features.patch'")
+
+
+def test_a_worker_count_left_out_defaults_to_the_usable_cores(project: Path) -> None:
+    """What an Azure ML node sees: only a stage's declared params, and frames declares none."""
+    assert stage(project, "validate", RAW, MANIFEST).returncode == 0
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("frames:\n  workers: 2\n", ""))
+    result = stage(project, "frames", RAW, MANIFEST, "out")
+    assert result.returncode == 0, result.stderr
+    assert len(list((project / "out").glob("*.npy"))) == 4
 
 
 def corrupt_video(raw: Path, how: str) -> None:

@@ -15,6 +15,7 @@ from badpixels.stage import (
     parallel_map,
     param,
     remove_leftovers,
+    shard,
     usable_cores,
     write_json,
 )
@@ -161,3 +162,18 @@ def _square(x: int) -> int:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_parallel_map_keeps_order(workers: int) -> None:
     assert parallel_map(_square, range(7), workers, desc="t") == [x * x for x in range(7)]
+
+
+def test_shards_split_the_work_and_cover_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = list(range(10))
+    assert shard(items) == items  # no shard variables: all of it, as under `dvc repro`
+    parts = []
+    for index in range(3):
+        monkeypatch.setenv("BRANCHFLOW_SHARD_INDEX", str(index))
+        monkeypatch.setenv("BRANCHFLOW_SHARD_COUNT", "3")
+        parts.append(shard(items))
+    assert sorted(x for part in parts for x in part) == items
+    assert [len(part) for part in parts] == [4, 3, 3]
+    monkeypatch.setenv("BRANCHFLOW_SHARD_INDEX", "3")
+    with pytest.raises(StageError, match="need 0 <= index < count"):
+        shard(items)
