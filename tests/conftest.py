@@ -11,10 +11,17 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from branchflow.context import Names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,13 +120,18 @@ class MlflowServer:
     uri: str
 
     @classmethod
-    def start(cls, home: Path) -> MlflowServer:
+    def start(
+        cls, home: Path, app_name: str | None = None, env: Mapping[str, str] | None = None
+    ) -> MlflowServer:
+        """Start a server on `home`'s database and artifacts (a new one, or one `kill`ed);
+        `app_name` and `env` as for `mlflow server --app-name`."""
         port = free_port()
         command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
         command += ["--artifacts-destination", str(home / "artifacts")]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with (home / "server.log").open("wb") as log:
+        command += ["--app-name", app_name] if app_name else []
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+        with (home / "server.log").open("ab") as log:
             process = subprocess.Popen(
                 command, cwd=home, env=env, stdout=log, stderr=log, start_new_session=True
             )
@@ -133,6 +145,12 @@ class MlflowServer:
                     f"mlflow server did not start:\n{(self.home / 'server.log').read_text()}"
                 )
             time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; its database and artifacts stay."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # the group may be gone already
@@ -188,3 +206,42 @@ def pyfunc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.pyfunc_project import make_pyfunc_repo  # it imports this module
 
     return make_pyfunc_repo(tmp_path_factory.mktemp("pyfunc") / "repo")
+
+
+# The registry tests' environment: the tiny project on the session's server, without CI variables.
+
+
+@pytest.fixture
+def registry_env(monkeypatch: pytest.MonkeyPatch, mlflow_server: str) -> None:
+    """Hide the CI variables of whoever runs the tests; point MLflow at the session's server."""
+    for key in list(os.environ):
+        if key.startswith(("BRANCHFLOW_", "GITHUB_", "BUILD_", "CI_")) or key in {"CI", "TF_BUILD"}:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+
+
+@pytest.fixture
+def repo(pyfunc_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
+    """A reproduced tiny project (model `x > 0.5`, metrics) this test may change."""
+    return copy_repo(pyfunc_repo)
+
+
+@pytest.fixture
+def client(mlflow_server: str) -> mlflow.MlflowClient:
+    """A client of the session's server."""
+    import mlflow
+
+    return mlflow.MlflowClient(mlflow_server, mlflow_server)
+
+
+def on(branch: str, **extra: str) -> dict[str, str]:
+    """This process's environment, building `branch`."""
+    return {**os.environ, "BRANCHFLOW_BRANCH": branch, **extra}
+
+
+def branch_names(repo: Path, branch: str) -> Names:
+    """The names branchflow derives for `branch` of the project at `repo`."""
+    from branchflow.config import load_settings
+    from branchflow.context import names_for, resolve_context
+
+    return names_for(resolve_context(repo, on(branch)), load_settings(repo))

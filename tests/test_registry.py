@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,43 +20,16 @@ from click.testing import CliRunner
 
 from branchflow.cli import main
 from branchflow.config import load_settings
-from branchflow.context import Names, names_for, resolve_context
 from branchflow.errors import BranchflowError
 from branchflow.registry import CANDIDATE, CHAMPION, history, promote, prune, register, rollback
 from branchflow.tracking import store_for
-from tests.conftest import EVIL, ROOT, free_port, sh
+from tests.conftest import EVIL, ROOT, branch_names, free_port, on, sh
 from tests.pyfunc_project import DATA, EXAMPLE, METRICS, MODEL, PLOT, other_bytes
 
 FRAMES = "data/interim/frames/vid0000.npy"  # a frame stack of the example's data
 
 
-@pytest.fixture(autouse=True)
-def environment(monkeypatch: pytest.MonkeyPatch, mlflow_server: str) -> None:
-    """Hide the CI variables of whoever runs the tests; point MLflow at the session's server."""
-    for key in list(os.environ):
-        if key.startswith(("BRANCHFLOW_", "GITHUB_", "BUILD_", "CI_")) or key in {"CI", "TF_BUILD"}:
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-
-
-@pytest.fixture
-def repo(pyfunc_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
-    """A reproduced project (model `x > 0.5`, metrics) this test may change."""
-    return copy_repo(pyfunc_repo)
-
-
-@pytest.fixture
-def client(mlflow_server: str) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(mlflow_server, mlflow_server)
-
-
-def on(branch: str, **extra: str) -> dict[str, str]:
-    """This process's environment, building `branch`."""
-    return {**os.environ, "BRANCHFLOW_BRANCH": branch, **extra}
-
-
-def names(repo: Path, branch: str) -> Names:
-    return names_for(resolve_context(repo, on(branch)), load_settings(repo))
+pytestmark = pytest.mark.usefixtures("registry_env")
 
 
 def predict(model_uri: str, model_input: np.ndarray) -> list[object]:
@@ -69,7 +41,7 @@ def test_promote_then_rollback_restores_the_champion(
 ) -> None:
     """The only test that moves the tiny project's champion on the session's server."""
     branch = "release/flow"
-    production = names(repo, branch).production_model
+    production = branch_names(repo, branch).production_model
     first = register(repo, on(branch))
     promote(repo, f"models:/{first.model}@{CANDIDATE}", "first", on(branch, GITHUB_ACTOR="ana"))
     other_bytes(repo)
@@ -116,7 +88,10 @@ def test_promote_then_rollback_restores_the_champion(
     # Both versions back production copies: prune keeps them and their experiment.
     plan = prune(repo, branch, dry_run=True, env=on(branch))
     assert (plan.versions, plan.kept_versions) == ((), ("1", "2"))
-    assert (plan.experiments, plan.kept_experiments) == ((), (names(repo, branch).experiment,))
+    assert (plan.experiments, plan.kept_experiments) == (
+        (),
+        (branch_names(repo, branch).experiment,),
+    )
 
 
 def test_branch_names_register_under_distinct_names(
@@ -171,7 +146,7 @@ def test_same_model_bytes_register_once(
     assert result.exit_code == 0, result.output
     assert f"{first.model} version {first.version} already holds these model bytes" in result.output
     assert len(client.search_model_versions(f"name = '{first.model}'")) == 1
-    experiment = client.get_experiment_by_name(names(repo, "idempotent").experiment)
+    experiment = client.get_experiment_by_name(branch_names(repo, "idempotent").experiment)
     assert len(client.search_runs([experiment.experiment_id])) == 1
 
 
@@ -198,7 +173,7 @@ def test_unreachable_server_fails_fast_in_one_line(repo: Path, client: mlflow.Ml
         f"error: cannot reach MLflow tracking server at {uri} (tried 2 times); "
     )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    model = names(repo, "unreachable").model
+    model = branch_names(repo, "unreachable").model
     assert client.search_registered_models(f"name = '{model}'") == []
 
 
@@ -216,7 +191,7 @@ def test_a_missing_output_names_the_stage_that_writes_it(
     result = CliRunner().invoke(main, ["register"])
     assert result.exit_code == 3
     assert result.output == f"error: {path} not found; run `dvc repro {stage}`\n"
-    model = names(repo, f"missing/{stage}").model
+    model = branch_names(repo, f"missing/{stage}").model
     assert client.search_registered_models(f"name = '{model}'") == []
 
 
@@ -252,7 +227,7 @@ def test_prune_keeps_versions_an_alias_still_uses(repo: Path, client: mlflow.Mlf
     other_bytes(repo)
     second = register(repo, on(branch))
     client.set_registered_model_alias(first.model, "staging", first.version)
-    experiment = names(repo, branch).experiment
+    experiment = branch_names(repo, branch).experiment
 
     dry = prune(repo, branch, dry_run=True, env=on(branch))
     assert (dry.versions, dry.kept_versions) == ((second.version,), (first.version,))
@@ -322,7 +297,7 @@ def test_the_example_champion_maps_the_defects_of_a_frame_stack(
     repo, branch = copy_repo(reproduced_repo), "release/example"
     registration = register(repo, on(branch))
     promote(repo, f"models:/{registration.model}@{CANDIDATE}", "e2e", on(branch))
-    production = names(repo, branch).production_model
+    production = branch_names(repo, branch).production_model
     frames = np.load(repo / FRAMES)
     found = mlflow.pyfunc.load_model(f"models:/{production}@{CHAMPION}").predict(frames)
     assert np.array_equal(found, Detector(repo / "models/model.pt").detect(frames))

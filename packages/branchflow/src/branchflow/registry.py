@@ -4,6 +4,26 @@ Aliases only (registry stages are deprecated in MLflow). A branch's model (`Name
 carries `candidate` on the version of its latest registration; the production model carries
 `champion` on a copy of the promoted version. Every champion move is stored in MLflow as a JSON
 tag `branchflow.move.<UTC time>.<id>` of the production model, which `history` reads back.
+
+Concurrency and crashes (MLflow offers no compare-and-set, so):
+
+- Registering: the version with the lowest number among those tagged with the model's sha256
+  wins. A `register` that finds its new version beaten by a lower one deletes its version and
+  its run and reports the winner, so N concurrent registers of the same bytes leave one.
+- Moving `champion`: under a lock, the registered model `<production>.lock`, which only one
+  process can create (the server answers RESOURCE_ALREADY_EXISTS to the others, who wait up to
+  `LOCK_WAIT_S`). It carries its holder (`host:pid`), a lease and a token; a lock whose holder
+  is gone (lease passed, or a dead process of this host) is deleted by the one taker that
+  creates the guard `<lock>.<token>` (itself such a lock), so that no taker deletes a newer
+  lock; a holder checks it still holds the lock right before it writes. Under the lock
+  the champion and the last record must still be what the command saw when it started
+  (compare-and-set), and the alias must match the last record (else it was moved outside
+  branchflow); otherwise the command fails and moves nothing.
+- Journal: a move is recorded as pending, then the alias moved, then the record confirmed. A
+  pending record whose alias does not show its `to_version` never happened (its process died
+  first): `history` and `rollback` ignore it and the next move deletes it; one whose alias
+  does happened, and the next move confirms it. An alias that differs from the last confirmed
+  record was moved outside branchflow.
 """
 
 from __future__ import annotations
@@ -14,8 +34,10 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +48,17 @@ from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements, has_lock
 from branchflow.tracking import (
+    LEASE_TAG,
+    OWNER_TAG,
+    RUN_LEASE_S,
     Store,
     branch_experiments,
     connect,
+    end_orphans,
     ensure_experiment,
     file_sha256,
+    holder_gone,
+    lease_tags,
     log_snapshot,
     mlflow_errors,
     read_snapshot,
@@ -46,7 +74,13 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 MODEL_SHA_TAG = "model_sha256"
 MOVE_TAG_PREFIX = "branchflow.move."
+PENDING = "pending"  # in a move record until its alias has moved
 MODEL_ARTIFACT = "model"
+LOCK_SUFFIX = ".lock"  # `<production>.lock`: the registered model that locks champion moves
+LOCK_LEASE_S = 60  # a move takes seconds; a holder silent for longer counts as gone
+LOCK_WAIT_S = 15
+LOCK_POLL_S = 0.2
+TOKEN_TAG = "branchflow.token"  # on a lock: which taking of it this is
 MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
 
 
@@ -75,6 +109,21 @@ class Move:
     when: str  # ISO 8601, UTC
     commit: str
     reason: str
+
+
+@dataclass(frozen=True)
+class _State:
+    """The champion alias, the recorded moves that happened (tag key, move), oldest first, and
+    the last record if it is still pending (it happened if the alias shows its `to_version`)."""
+
+    alias: str | None
+    moves: tuple[tuple[str, Move], ...]
+    pending: tuple[str, Move] | None
+
+    @property
+    def stamp(self) -> tuple[str | None, str | None]:
+        """What a compare-and-set compares: the alias and the last record."""
+        return self.alias, self.moves[-1][0] if self.moves else None
 
 
 @dataclass(frozen=True)
@@ -116,27 +165,32 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     store = store_for(root, env)
     client = connect(store)
     with mlflow_errors(store):
-        held = client.search_model_versions(
-            f"name = '{names.model}' and tags.{MODEL_SHA_TAG} = '{sha}'"
+        experiment = ensure_experiment(
+            client, names.experiment, context.branch, settings.base_name, store
         )
+        end_orphans(client, experiment)
+        held = _first_holder(client, names.model, sha)
         if held:
-            first = min(held, key=lambda version: int(version.version))
-            client.set_registered_model_alias(names.model, CANDIDATE, first.version)
-            return Registration(names.model, first.version, False, first.run_id, sha)
-        experiment = ensure_experiment(client, names.experiment, context.branch, store)
+            client.set_registered_model_alias(names.model, CANDIDATE, held.version)
+            return Registration(names.model, held.version, False, held.run_id, sha)
+        tags = run_tags(context, snapshot)
         with mlflow.start_run(
-            experiment_id=experiment, run_name=names.run_name, tags=run_tags(context, snapshot)
+            experiment_id=experiment,
+            run_name=names.run_name,
+            tags={**tags, **lease_tags(RUN_LEASE_S)},
         ) as run:
             info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **package)
             log_snapshot(root, snapshot, info.model_id)  # after the model: metrics link to it
-        tags = {
-            **run_tags(context, snapshot),
-            MODEL_SHA_TAG: sha,
-            **{f"metric.{key}": str(snapshot.metrics[key]) for key in model.key_metrics},
-        }
+        key_metrics = {f"metric.{key}": str(snapshot.metrics[key]) for key in model.key_metrics}
+        tags = {**tags, MODEL_SHA_TAG: sha, **key_metrics}
         version = mlflow.register_model(info.model_uri, names.model, tags=tags)
-        client.set_registered_model_alias(names.model, CANDIDATE, version.version)
-    return Registration(names.model, version.version, True, run.info.run_id, sha)
+        winner = _first_holder(client, names.model, sha) or version
+        if winner.version != version.version:  # a concurrent register of these bytes came first
+            client.delete_model_version(names.model, version.version)
+            client.delete_run(run.info.run_id)
+        client.set_registered_model_alias(names.model, CANDIDATE, winner.version)
+    created = winner.version == version.version
+    return Registration(names.model, winner.version, created, winner.run_id, sha)
 
 
 def promote(
@@ -155,24 +209,24 @@ def promote(
         )
     settings, context, store, client = _open(root, env)
     production = names_for(context, settings).production_model
-    with mlflow_errors(store):
+    with mlflow_errors(store, _denied(production)):
         source = _version(client, match["name"], match["alias"], match["version"], model_uri)
         source_uri = f"models:/{source.name}/{source.version}"
-        champion = current_champion(client, production)
-        if champion is not None and source_uri in (champion.source, _uri(champion)):
-            return _move(
-                "promote", production, champion, champion.version, source_uri, context, env
+        with _moving(client, production) as (state, write):
+            champion = _champion_version(client, production, state)
+            if champion is not None and source_uri in (champion.source, _uri(champion)):
+                return _move(
+                    "promote", production, champion, champion.version, source_uri, context, env
+                )
+            target = (
+                source
+                if source.name == production
+                else client.copy_model_version(source_uri, production)
             )
-        target = (
-            source
-            if source.name == production
-            else client.copy_model_version(source_uri, production)
-        )
-        client.set_registered_model_alias(production, CHAMPION, target.version)
-        move = _move(
-            "promote", production, champion, target.version, source_uri, context, env, reason
-        )
-        _record(client, move)
+            move = _move(
+                "promote", production, champion, target.version, source_uri, context, env, reason
+            )
+            write(move)
     return move
 
 
@@ -180,25 +234,25 @@ def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) 
     """Move `champion` back to the version that held it before the latest promotion."""
     settings, context, store, client = _open(root, env)
     production = names_for(context, settings).production_model
-    with mlflow_errors(store):
-        target = _rollback_target(_history(client, production))
+    with mlflow_errors(store, _denied(production)), _moving(client, production) as (state, write):
+        target = _rollback_target([move for _, move in state.moves])
         if target is None:
             raise BranchflowError(
                 f"{production} has no earlier champion to roll back to; see `branchflow history`"
             )
-        champion = current_champion(client, production)
+        champion = _champion_version(client, production, state)
         client.get_model_version(production, target)  # fails clearly if it was deleted
-        client.set_registered_model_alias(production, CHAMPION, target)
         move = _move("rollback", production, champion, target, None, context, env, reason)
-        _record(client, move)
+        write(move)
     return move
 
 
 def history(root: Path, env: Mapping[str, str] = os.environ) -> list[Move]:
-    """Every recorded champion move of the production model, oldest first."""
+    """Every champion move of the production model that happened, oldest first."""
     settings, context, store, client = _open(root, env)
     with mlflow_errors(store):
-        return _history(client, names_for(context, settings).production_model)
+        state = _state(client, names_for(context, settings).production_model)
+    return [move for _, move in state.moves]
 
 
 def prune(
@@ -226,7 +280,7 @@ def prune(
         }
         runs = {v.run_id for v in versions if v.version in keep and v.run_id}
         busy = {client.get_run(run).info.experiment_id for run in runs}
-        experiments = branch_experiments(client, branch)
+        experiments = branch_experiments(client, branch, settings.base_name, [names.experiment])
         doomed = [e for e in experiments if e.experiment_id not in busy]
         plan = PrunePlan(
             branch=branch,
@@ -338,6 +392,12 @@ def _registered_model(client: MlflowClient, name: str) -> RegisteredModel | None
         raise
 
 
+def _first_holder(client: MlflowClient, model: str, sha: str) -> ModelVersion | None:
+    """The lowest-numbered version of `model` that holds the model bytes `sha`."""
+    held = client.search_model_versions(f"name = '{model}' and tags.{MODEL_SHA_TAG} = '{sha}'")
+    return min(held, key=lambda version: int(version.version), default=None)
+
+
 def _version(
     client: MlflowClient, name: str, alias: str | None, version: str | None, uri: str
 ) -> ModelVersion:
@@ -353,6 +413,10 @@ def current_champion(client: MlflowClient, production: str) -> ModelVersion | No
     registered = _registered_model(client, production)
     version = registered.aliases.get(CHAMPION) if registered else None
     return client.get_model_version(production, version) if version else None
+
+
+def _champion_version(client: MlflowClient, production: str, state: _State) -> ModelVersion | None:
+    return client.get_model_version(production, state.alias) if state.alias else None
 
 
 def _uri(version: ModelVersion) -> str:
@@ -387,18 +451,169 @@ def _move(
     )
 
 
-def _record(client: MlflowClient, move: Move) -> None:
-    stamp = datetime.fromisoformat(move.when).strftime("%Y%m%dT%H%M%S.%fZ")
-    key = f"{MOVE_TAG_PREFIX}{stamp}.{uuid.uuid4().hex[:8]}"
-    client.set_registered_model_tag(move.model, key, json.dumps(dataclasses.asdict(move)))
+def _denied(production: str) -> str:
+    return (
+        f"moving {production}@{CHAMPION} needs the production environment's credentials "
+        f"(permission to edit {production}); PR builds may only register and read"
+    )
 
 
-def _history(client: MlflowClient, production: str) -> list[Move]:
+@contextmanager
+def _moving(
+    client: MlflowClient, production: str
+) -> Iterator[tuple[_State, Callable[[Move], None]]]:
+    """Lock `production` for one champion move; yield its state, checked unchanged since this
+    command began, and the function that records and makes a move."""
+    seen = _state(client, production)
+    with _lock(client, production) as confirm:
+        state = _checked(client, production, seen)
+
+        def write(move: Move) -> None:
+            confirm()
+            key = _key(move)
+            _record(client, key, move, pending=True)
+            client.set_registered_model_alias(production, CHAMPION, move.to_version)
+            _record(client, key, move)
+
+        yield state, write
+
+
+def _checked(client: MlflowClient, production: str, seen: _State) -> _State:
+    """The state under the lock, its pending record confirmed or deleted; an error when the
+    champion was moved outside branchflow or since `seen`."""
+    state = _state(client, production)
+    if state.pending and state.alias == state.pending[1].to_version:
+        _record(client, *state.pending)
+    elif state.pending:
+        client.delete_registered_model_tag(production, state.pending[0])
+    last = state.moves[-1][1] if state.moves else None
+    if last is not None and state.alias != last.to_version:
+        raise BranchflowError(
+            f"{production}@{CHAMPION} is {state.alias or 'unset'} but branchflow's last move "
+            f"set version {last.to_version}: it was moved outside branchflow; set it back to "
+            f"{last.to_version} (MLflow UI or set_registered_model_alias), then run again"
+        )
+    if state.stamp != seen.stamp:
+        raise BranchflowError(
+            f"{production}@{CHAMPION} moved (now version {state.alias}) while this command "
+            "started: another promote or rollback came first; see `branchflow history`, then "
+            "run again"
+        )
+    return state
+
+
+def _state(client: MlflowClient, production: str) -> _State:
     registered = _registered_model(client, production)
     tags = registered.tags if registered else {}
-    return [
-        Move(**json.loads(tags[key])) for key in sorted(tags) if key.startswith(MOVE_TAG_PREFIX)
+    alias = registered.aliases.get(CHAMPION) if registered else None
+    records = [
+        (key, json.loads(tags[key])) for key in sorted(tags) if key.startswith(MOVE_TAG_PREFIX)
     ]
+    moves = tuple((key, Move(**{k: v for k, v in r.items() if k != PENDING})) for key, r in records)
+    pending = moves[-1] if records and records[-1][1].get(PENDING) else None
+    if pending and alias != pending[1].to_version:  # its process died before moving the alias
+        moves = moves[:-1]
+    return _State(alias, moves, pending)
+
+
+@contextmanager
+def _lock(client: MlflowClient, production: str) -> Iterator[Callable[[], None]]:
+    """Hold `<production>.lock`; yield a check that it is still held (not taken over)."""
+    name = f"{production}{LOCK_SUFFIX}"
+    tags = {**lease_tags(LOCK_LEASE_S), TOKEN_TAG: uuid.uuid4().hex[:12]}
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not _take(client, name, tags):
+        if time.monotonic() > deadline:
+            raise BranchflowError(_busy(client, name))
+        time.sleep(LOCK_POLL_S)
+
+    def confirm() -> None:
+        if not _holds(client, name, tags):
+            raise BranchflowError(
+                f"{name} was taken over (this command outlived its {LOCK_LEASE_S} s lease); "
+                "nothing was moved; run again"
+            )
+
+    try:
+        yield confirm
+    finally:
+        if _holds(client, name, tags):
+            client.delete_registered_model(name)
+
+
+def _take(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
+    """Create the lock `name`; False when another holds it (removed for the next try if its
+    holder is gone)."""
+    from mlflow.exceptions import MlflowException
+
+    description = "branchflow's lock for moving the champion; deleted when the move ends"
+    try:
+        client.create_registered_model(name, tags=dict(tags), description=description)
+        return True
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    held = _registered_model(client, name)
+    if held is not None and holder_gone(held.tags):
+        _remove_stale(client, held, tags)
+    return False
+
+
+def _remove_stale(client: MlflowClient, lock: RegisteredModel, tags: Mapping[str, str]) -> None:
+    """Delete `lock`, whose holder is gone, while holding the lock `<lock>.<its token>`: of the
+    takers that saw this lock only one deletes it, and none deletes a later lock of its name."""
+    guard = f"{lock.name}.{lock.tags.get(TOKEN_TAG, 'untokened')}"
+    if not _take(client, guard, tags):
+        return
+    try:
+        current = _registered_model(client, lock.name)
+        if current is not None and current.tags.get(TOKEN_TAG) == lock.tags.get(TOKEN_TAG):
+            _delete_stale(client, lock)
+    finally:
+        client.delete_registered_model(guard)
+
+
+def _delete_stale(client: MlflowClient, lock: RegisteredModel) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock.name)
+    except MlflowException as exc:
+        if exc.error_code == "PERMISSION_DENIED":
+            raise BranchflowError(
+                f"{lock.name} is a lock left by {lock.tags.get(OWNER_TAG, 'an unknown process')}, "
+                "which is gone, and these credentials may not delete it; delete it with its "
+                "creator's or an MLflow admin's credentials"
+            ) from None
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # its holder woke up and released it
+            raise
+
+
+def _holds(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
+    held = _registered_model(client, name)
+    return held is not None and all(held.tags.get(key) == value for key, value in tags.items())
+
+
+def _busy(client: MlflowClient, name: str) -> str:
+    held = _registered_model(client, name)
+    tags = held.tags if held else {}
+    until = datetime.fromtimestamp(float(tags.get(LEASE_TAG) or 0), UTC).isoformat(
+        timespec="seconds"
+    )
+    return (
+        f"{name} is held by {tags.get(OWNER_TAG, 'another process')} (lease until {until}): "
+        f"another promote or rollback is under way; run again when it has finished"
+    )
+
+
+def _key(move: Move) -> str:
+    stamp = datetime.fromisoformat(move.when).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{MOVE_TAG_PREFIX}{stamp}.{uuid.uuid4().hex[:8]}"
+
+
+def _record(client: MlflowClient, key: str, move: Move, pending: bool = False) -> None:
+    record = {**dataclasses.asdict(move), **({PENDING: True} if pending else {})}
+    client.set_registered_model_tag(move.model, key, json.dumps(record))
 
 
 def _rollback_target(moves: list[Move]) -> str | None:

@@ -3,6 +3,11 @@
 The store is `MLFLOW_TRACKING_URI`, else `sqlite:///<root>/mlflow.db` with artifacts under
 `<root>/mlartifacts/`. What a run records (params, metrics, plots, data hash) is read through
 DVC's API, never by parsing its files.
+
+Experiments carry the tags `branch` and `project` (the base name), so `prune` on a shared
+server touches only its own project. A run carries its owner (`host:pid`) and a lease: the next
+`register` marks a RUNNING run whose owner is gone (a dead process of this host, or a lease
+that passed) as KILLED, so a killed client or server leaves no run RUNNING for ever.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +33,10 @@ LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
 LOCK_FILE = "dvc.lock"
 BRANCH_TAG = "branch"  # on experiments, runs and model versions: the raw branch name
+PROJECT_TAG = "project"  # on experiments: the project's base name
+OWNER_TAG = "branchflow.owner"  # `host:pid` of the process that holds a run or a lock
+LEASE_TAG = "branchflow.lease_until"  # seconds since the epoch; then the holder counts as gone
+RUN_LEASE_S = 3600  # a run of another host counts as orphaned after this long
 # Fail fast on an unreachable server (MLflow's defaults retry for minutes) and keep stdout
 # for our own output; a non-empty value the user set wins.
 MLFLOW_DEFAULTS = {
@@ -79,11 +90,14 @@ def connect(store: Store) -> MlflowClient:
     client = mlflow.MlflowClient(store.uri, store.uri)
     try:
         client.search_experiments(max_results=1)
-    except RestException as exc:
-        raise BranchflowError(
-            f"MLflow tracking server at {store.uri} refused the request: {_first_line(exc)}"
-        ) from None
-    except MlflowException:
+    except MlflowException as exc:
+        refused = refusal(store, exc)
+        if refused is None and isinstance(exc, RestException):
+            refused = (
+                f"MLflow tracking server at {store.uri} refused the request: {_first_line(exc)}"
+            )
+        if refused:
+            raise BranchflowError(refused) from None
         retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         raise BranchflowError(
             f"cannot reach MLflow tracking server at {store.uri} (tried {int(retries) + 1} "
@@ -93,45 +107,128 @@ def connect(store: Store) -> MlflowClient:
 
 
 @contextmanager
-def mlflow_errors(store: Store) -> Iterator[None]:
-    """Report an MLflow failure after the reachability check as one line."""
+def mlflow_errors(
+    store: Store, denied: str = "use credentials that may write there"
+) -> Iterator[None]:
+    """Report an MLflow failure after the reachability check as one line; `denied` says what
+    to do when the server refuses the credentials."""
     from mlflow.exceptions import MlflowException
 
     try:
         yield
     except MlflowException as exc:
-        raise BranchflowError(f"MLflow at {store.uri}: {_first_line(exc)}") from None
+        message = refusal(store, exc, denied) or f"MLflow at {store.uri}: {_first_line(exc)}"
+        raise BranchflowError(message) from None
 
 
-def ensure_experiment(client: MlflowClient, name: str, branch: str, store: Store) -> str:
-    """The id of experiment `name`, created (tagged with `branch`) or restored if needed."""
+def refusal(store: Store, exc: Exception, denied: str = "") -> str | None:
+    """One line for a 401 or 403 of the tracking server, naming the user; None for others.
+
+    MLflow re-raises some of them wrapped (`copy_model_version`), so the causes count too."""
+    causes: list[BaseException] = [exc]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    codes = {getattr(cause, "error_code", None) for cause in causes}
+    code = next((c for c in ("UNAUTHENTICATED", "PERMISSION_DENIED") if c in codes), None)
+    if code == "UNAUTHENTICATED":
+        return (
+            f"MLflow at {store.uri} refused the credentials; set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to a valid account"
+        )
+    if code != "PERMISSION_DENIED":
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or (
+        "the token in MLFLOW_TRACKING_TOKEN" if os.environ.get("MLFLOW_TRACKING_TOKEN") else None
+    )
+    return f"MLflow at {store.uri} refused: permission denied for {user or 'anonymous'}" + (
+        f"; {denied}" if denied else ""
+    )
+
+
+def ensure_experiment(
+    client: MlflowClient, name: str, branch: str, project: str, store: Store
+) -> str:
+    """The id of experiment `name`, created (tagged with `branch` and `project`) or restored if
+    needed; an experiment from before the project tag gets it."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{store.artifact_root}/{name}" if store.artifact_root else None
+        tags = {BRANCH_TAG: branch, PROJECT_TAG: project}
         try:
-            return client.create_experiment(name, location, tags={BRANCH_TAG: branch})
+            return client.create_experiment(name, location, tags=tags)
         except MlflowException as exc:  # another process created it meanwhile
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment = client.get_experiment_by_name(name)
     if experiment.lifecycle_stage == "deleted":  # pruned earlier; the branch is back
         client.restore_experiment(experiment.experiment_id)
+    if PROJECT_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, PROJECT_TAG, project)
     return experiment.experiment_id
 
 
-def branch_experiments(client: MlflowClient, branch: str) -> list[Any]:
-    """Active experiments that `ensure_experiment` created for `branch`."""
+def branch_experiments(
+    client: MlflowClient, branch: str, project: str, untagged: Iterable[str] = ()
+) -> list[Any]:
+    """Active experiments that `ensure_experiment` created for `branch` of `project`; one
+    without a project tag (made before it existed) only when its name is in `untagged`."""
     from mlflow.entities import ViewType
+
+    names = set(untagged)
+
+    def ours(tags: Mapping[str, str], name: str) -> bool:
+        owner = tags.get(PROJECT_TAG)
+        return tags.get(BRANCH_TAG) == branch and (
+            owner == project or (not owner and name in names)
+        )
 
     found, token = [], None
     while True:
         page = client.search_experiments(ViewType.ACTIVE_ONLY, page_token=token)
-        found += [e for e in page if e.tags.get(BRANCH_TAG) == branch]
+        found += [e for e in page if ours(e.tags, e.name)]
         token = page.token
         if not token:
             return found
+
+
+def owner() -> str:
+    """This process, as `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def lease_tags(seconds: float) -> dict[str, str]:
+    """Tags that name this process as the holder for the next `seconds`."""
+    return {OWNER_TAG: owner(), LEASE_TAG: f"{time.time() + seconds:.6f}"}
+
+
+def holder_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the holder in `tags` (see `lease_tags`) is gone: its lease passed, or it was a
+    process of this host that no longer runs."""
+    if time.time() > float(tags.get(LEASE_TAG) or 0):
+        return True
+    host, _, pid = tags.get(OWNER_TAG, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdecimal():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, run by another user
+        pass
+    return False
+
+
+def end_orphans(client: MlflowClient, experiment_id: str) -> None:
+    """Mark KILLED the RUNNING runs of `experiment_id` whose branchflow holder is gone (a
+    killed client, or a server that died mid-call)."""
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+    orphans = [
+        r.info.run_id for r in running if OWNER_TAG in r.data.tags and holder_gone(r.data.tags)
+    ]
+    for run_id in orphans:
+        client.set_terminated(run_id, "KILLED")
 
 
 def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
