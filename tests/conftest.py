@@ -104,6 +104,17 @@ def copy_repo(tmp_path: Path):
     return copy
 
 
+# What GitHub Actions, Azure Pipelines and GitLab CI set, and branchflow's own overrides.
+CI_VARIABLE_PREFIXES = ("BRANCHFLOW_", "GITHUB_", "BUILD_", "SYSTEM_", "CI_", "GITLAB_")
+
+
+def hide_ci_variables(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
+    """Hide the CI variables (and any of `prefixes`) of whoever runs the tests."""
+    for key in list(os.environ):
+        if key.startswith((*CI_VARIABLE_PREFIXES, *prefixes)) or key in {"CI", "TF_BUILD"}:
+            monkeypatch.delenv(key)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -214,9 +225,7 @@ def pyfunc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def registry_env(monkeypatch: pytest.MonkeyPatch, mlflow_server: str) -> None:
     """Hide the CI variables of whoever runs the tests; point MLflow at the session's server."""
-    for key in list(os.environ):
-        if key.startswith(("BRANCHFLOW_", "GITHUB_", "BUILD_", "CI_")) or key in {"CI", "TF_BUILD"}:
-            monkeypatch.delenv(key)
+    hide_ci_variables(monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
 
 

@@ -24,7 +24,7 @@ from branchflow.cli import main
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
-from tests.conftest import init_repo, sh
+from tests.conftest import hide_ci_variables, init_repo, sh
 
 OUT = "pipelines/azureml"
 STAGES = ["validate", "frames", "features", "train", "evaluate"]
@@ -35,9 +35,7 @@ PARENT = re.compile(r"\$\{\{parent\.(.+)\}\}")
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No workspace, CI or branch variables from whoever runs the tests."""
-    for key in list(os.environ):
-        if key.startswith(("AZURE", "BRANCHFLOW_", "GITHUB_", "BUILD_")) or key == "CI":
-            monkeypatch.delenv(key)
+    hide_ci_variables(monkeypatch, "AZURE")
 
 
 @pytest.fixture(scope="module")

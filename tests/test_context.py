@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.config import Settings, load_settings
+from branchflow.config import DRIFT_KEYS, KNOWN_KEYS, Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
-from tests.conftest import BRANCHES, EVIL
+from tests.conftest import BRANCHES, EVIL, hide_ci_variables
 
 # The external rules quoted in branchflow/context.py.
 AZURE_MODEL = re.compile(r"^(?![\-_.])[a-zA-Z0-9\-_.]{1,255}(?<!\.)$")
@@ -30,12 +30,7 @@ SETTINGS = Settings(base_name="demo", production_model="demo_production")
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hide the CI variables of whoever runs the tests, and their git configuration."""
-    for key in list(os.environ):
-        if key.startswith(("BRANCHFLOW_", "GITHUB_", "BUILD_", "CI_", "GIT_")) or key in {
-            "CI",
-            "TF_BUILD",
-        }:
-            monkeypatch.delenv(key)
+    hide_ci_variables(monkeypatch, "GIT_")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for role in ("AUTHOR", "COMMITTER"):
@@ -64,7 +59,7 @@ def repo(tmp_path: Path) -> Path:
 def context_for(branch: str, build_id: str | None = None) -> Context:
     sha = "0123456789abcdef0123456789abcdef01234567"
     return Context(
-        branch, slugify(branch), sha, sha[:7], False, "local", None, build_id, None, False
+        branch, slugify(branch), sha, sha[:7], False, "local", None, None, build_id, None, False
     )
 
 
@@ -93,22 +88,217 @@ def test_untracked_file_makes_dirty(repo: Path) -> None:
     assert resolve_context(repo, {}).dirty is True
 
 
+GITHUB = {"GITHUB_ACTIONS": "true"}
+AZURE = {"TF_BUILD": "True"}
+GITLAB = {"GITLAB_CI": "true"}
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"BRANCHFLOW_BRANCH": "override", "GITHUB_HEAD_REF": "head"}, "override"),
-        ({"GITHUB_HEAD_REF": "head", "GITHUB_REF_NAME": "7/merge"}, "head"),
-        ({"GITHUB_HEAD_REF": "", "GITHUB_REF_NAME": "dev"}, "dev"),
-        ({"GITHUB_REF": "refs/pull/7/merge", "GITHUB_REF_NAME": "7/merge"}, "main"),
-        ({"GITHUB_REF_NAME": "gh", "BUILD_SOURCEBRANCHNAME": "ado"}, "gh"),
-        ({"BUILD_SOURCEBRANCH": "refs/heads/fix/x", "BUILD_SOURCEBRANCHNAME": "x"}, "fix/x"),
-        ({"BUILD_SOURCEBRANCHNAME": "ado", "CI_COMMIT_REF_NAME": "gitlab"}, "ado"),
-        ({"CI_COMMIT_REF_NAME": "gitlab"}, "gitlab"),
+        ({**GITHUB, "BRANCHFLOW_BRANCH": "override", "GITHUB_HEAD_REF": "head"}, "override"),
+        ({**GITHUB, "GITHUB_HEAD_REF": "head", "GITHUB_REF_NAME": "7/merge"}, "head"),
+        ({**GITHUB, "GITHUB_HEAD_REF": "", "GITHUB_REF_NAME": "dev"}, "dev"),
+        ({**GITHUB, "GITHUB_REF": "refs/pull/7/merge", "GITHUB_REF_NAME": "7/merge"}, "main"),
+        (
+            {**AZURE, "BUILD_SOURCEBRANCH": "refs/heads/fix/x", "BUILD_SOURCEBRANCHNAME": "x"},
+            "fix/x",
+        ),
+        ({**AZURE, "BUILD_SOURCEBRANCH": "refs/tags/v1", "BUILD_SOURCEBRANCHNAME": "v1"}, "v1"),
+        ({**GITLAB, "CI_COMMIT_BRANCH": "fix/x", "CI_COMMIT_REF_NAME": "fix/x"}, "fix/x"),
+        ({**GITLAB, "CI_COMMIT_REF_NAME": "v1", "CI_COMMIT_TAG": "v1"}, "v1"),
         ({"BRANCHFLOW_BRANCH": ""}, "main"),
     ],
 )
 def test_branch_precedence(repo: Path, env: dict[str, str], expected: str) -> None:
     assert resolve_context(repo, env).branch == expected
+
+
+@pytest.mark.parametrize("flag", [{}, {"CI": "true"}, {"GITHUB_ACTIONS": "false"}])
+def test_variables_of_a_ci_system_that_is_not_running_are_ignored(
+    repo: Path, flag: dict[str, str]
+) -> None:
+    env = {
+        **flag,
+        "GITHUB_HEAD_REF": "gh",
+        "GITHUB_RUN_ID": "1",
+        "BUILD_SOURCEBRANCH": "refs/heads/ado",
+        "BUILD_REASON": "PullRequest",
+        "SYSTEM_PULLREQUEST_PULLREQUESTID": "2",
+        "CI_MERGE_REQUEST_IID": "3",
+        "CI_PIPELINE_ID": "4",
+    }
+    context = resolve_context(repo, env)
+    assert (context.branch, context.pr_number, context.build_id) == ("main", None, None)
+    assert context.run_type == ("main" if flag.get("CI") else "local")
+
+
+# Each system's documented variables for one PR build and one branch build, with the other
+# systems' variables of another build beside them: nothing may leak from one to another.
+AZURE_PR = {
+    "TF_BUILD": "True",
+    "BUILD_REASON": "PullRequest",
+    "BUILD_SOURCEBRANCH": "refs/pull/42/merge",
+    "BUILD_SOURCEBRANCHNAME": "merge",
+    "BUILD_SOURCEVERSION": "e" * 40,
+    "SYSTEM_PULLREQUEST_SOURCEBRANCH": "refs/heads/feature/x",
+    "SYSTEM_PULLREQUEST_TARGETBRANCH": "refs/heads/main",
+    "SYSTEM_PULLREQUEST_PULLREQUESTID": "42",
+    "BUILD_BUILDID": "1234",
+    "SYSTEM_COLLECTIONURI": "https://dev.azure.com/fabrikam/",
+    "SYSTEM_TEAMPROJECT": "Fabrikam Fiber",
+}
+AZURE_DEV = {
+    "TF_BUILD": "True",
+    "BUILD_REASON": "IndividualCI",
+    "BUILD_SOURCEBRANCH": "refs/heads/dev",
+    "BUILD_SOURCEBRANCHNAME": "dev",
+    "BUILD_BUILDID": "1235",
+    "SYSTEM_COLLECTIONURI": "https://dev.azure.com/fabrikam/",
+    "SYSTEM_TEAMPROJECT": "Fabrikam",
+}
+GITLAB_MR = {
+    "CI": "true",
+    "GITLAB_CI": "true",
+    "CI_PIPELINE_SOURCE": "merge_request_event",
+    "CI_MERGE_REQUEST_IID": "42",
+    "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feature/x",
+    "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main",
+    "CI_COMMIT_REF_NAME": "feature/x",
+    "CI_COMMIT_SHA": "e" * 40,
+    "CI_PIPELINE_ID": "1234",
+    "CI_PIPELINE_URL": "https://gitlab.com/org/repo/-/pipelines/1234",
+}
+GITLAB_MAIN = {
+    "CI": "true",
+    "GITLAB_CI": "true",
+    "CI_PIPELINE_SOURCE": "push",
+    "CI_COMMIT_BRANCH": "main",
+    "CI_COMMIT_REF_NAME": "main",
+    "CI_PIPELINE_ID": "1235",
+    "CI_PIPELINE_URL": "https://gitlab.com/org/repo/-/pipelines/1235",
+}
+GITHUB_PR = {
+    "CI": "true",
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_EVENT_NAME": "pull_request",
+    "GITHUB_REF": "refs/pull/42/merge",
+    "GITHUB_REF_NAME": "42/merge",
+    "GITHUB_HEAD_REF": "feature/x",
+    "GITHUB_BASE_REF": "main",
+    "GITHUB_SHA": "e" * 40,
+    "GITHUB_RUN_ID": "1234",
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REPOSITORY": "org/repo",
+}
+GITHUB_DEV = {
+    "CI": "true",
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_EVENT_NAME": "push",
+    "GITHUB_REF": "refs/heads/dev",
+    "GITHUB_REF_NAME": "dev",
+    "GITHUB_HEAD_REF": "",
+    "GITHUB_RUN_ID": "1235",
+    "GITHUB_RUN_ATTEMPT": "2",
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REPOSITORY": "org/repo",
+}
+FLAGS = {"CI", "TF_BUILD", "GITLAB_CI", "GITHUB_ACTIONS"}
+CI_BUILDS = {
+    "azure pr": (
+        AZURE_PR,
+        ("feature/x", "pr", 42, "main", "1234"),
+        "https://dev.azure.com/fabrikam/Fabrikam%20Fiber/_build/results?buildId=1234",
+    ),
+    "azure dev": (
+        AZURE_DEV,
+        ("dev", "dev", None, None, "1235"),
+        "https://dev.azure.com/fabrikam/Fabrikam/_build/results?buildId=1235",
+    ),
+    "gitlab mr": (
+        GITLAB_MR,
+        ("feature/x", "pr", 42, "main", "1234"),
+        "https://gitlab.com/org/repo/-/pipelines/1234",
+    ),
+    "gitlab main": (
+        GITLAB_MAIN,
+        ("main", "main", None, None, "1235"),
+        "https://gitlab.com/org/repo/-/pipelines/1235",
+    ),
+    "github pr": (
+        GITHUB_PR,
+        ("feature/x", "pr", 42, "main", "1234"),
+        "https://github.com/org/repo/actions/runs/1234",
+    ),
+    "github dev": (
+        GITHUB_DEV,
+        ("dev", "dev", None, None, "1235-2"),
+        "https://github.com/org/repo/actions/runs/1235",
+    ),
+}
+
+
+@pytest.mark.parametrize("build", CI_BUILDS)
+def test_each_ci_system_from_its_documented_variables(repo: Path, build: str) -> None:
+    variables, expected, run_url = CI_BUILDS[build]
+    system = build.split()[0]
+    other = {
+        key: value
+        for name, (values, _, _) in CI_BUILDS.items()
+        if not name.startswith(system)
+        for key, value in values.items()
+        if key not in FLAGS
+    }
+    for env in (variables, {**other, **variables}):
+        context = resolve_context(repo, env)
+        fields = (context.branch, context.run_type, context.pr_number, context.base_branch)
+        assert (*fields, context.build_id) == expected
+        assert context.run_url == run_url
+        assert context.commit == git(repo, "rev-parse", "HEAD")
+
+
+@pytest.mark.parametrize("build", ["azure pr", "gitlab mr", "github pr"])
+def test_overrides_win_over_every_ci_system(repo: Path, build: str) -> None:
+    sha = "ab" * 20
+    overrides = {"BRANCHFLOW_BRANCH": "mine", "BRANCHFLOW_PR": "7", "BRANCHFLOW_COMMIT": sha}
+    context = resolve_context(repo, {**CI_BUILDS[build][0], **overrides})
+    assert (context.branch, context.pr_number, context.commit) == ("mine", 7, sha)
+
+
+def test_azure_pr_from_github_has_a_number_besides_its_id(repo: Path) -> None:
+    env = {
+        **AZURE_PR,
+        "SYSTEM_PULLREQUEST_SOURCEBRANCH": "feature/x",  # GitHub repositories: no refs/heads/
+        "SYSTEM_PULLREQUEST_TARGETBRANCH": "main",
+        "SYSTEM_PULLREQUEST_PULLREQUESTID": "987654321",
+        "SYSTEM_PULLREQUEST_PULLREQUESTNUMBER": "42",
+    }
+    context = resolve_context(repo, env)
+    assert (context.branch, context.pr_number, context.base_branch) == ("feature/x", 42, "main")
+
+
+def test_azure_pr_without_the_policy_variables_takes_the_number_from_the_ref(repo: Path) -> None:
+    env = {key: value for key, value in AZURE_PR.items() if not key.startswith("SYSTEM_PULL")}
+    context = resolve_context(repo, env)
+    assert (context.run_type, context.pr_number) == ("pr", 42)
+    assert context.branch == "main"  # git's, never BUILD_SOURCEBRANCHNAME's "merge"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {**AZURE_PR, "SYSTEM_PULLREQUEST_PULLREQUESTID": "4x2"},
+        {**AZURE_PR, "SYSTEM_PULLREQUEST_PULLREQUESTNUMBER": "-1"},
+        {**GITLAB_MR, "CI_MERGE_REQUEST_IID": "\u0663"},
+    ],
+)
+def test_a_pr_id_that_is_not_a_number(repo: Path, env: dict[str, str]) -> None:
+    with pytest.raises(BranchflowError) as raised:
+        resolve_context(repo, env)
+    message = str(raised.value)
+    assert "is not a number; it must be the pull request's number" in message
+    assert message.startswith("$SYSTEM_PULLREQUEST_" if "TF_BUILD" in env else "$CI_MERGE")
+    assert "\n" not in message
 
 
 def test_detached_head_uses_short_commit(repo: Path) -> None:
@@ -118,17 +308,11 @@ def test_detached_head_uses_short_commit(repo: Path) -> None:
     assert context.branch == context.short_commit == git(repo, "rev-parse", "--short=7", "HEAD")
 
 
-def test_pull_request_build_on_detached_merge_commit(repo: Path) -> None:
+@pytest.mark.parametrize("build", ["azure pr", "gitlab mr", "github pr"])
+def test_pull_request_build_on_detached_merge_commit(repo: Path, build: str) -> None:
+    """The commit is HEAD, what was built, whatever the CI's sha variable says."""
     git(repo, "checkout", "-q", "--detach")
-    env = {
-        "GITHUB_EVENT_NAME": "pull_request",
-        "GITHUB_REF": "refs/pull/42/merge",
-        "GITHUB_REF_NAME": "42/merge",
-        "GITHUB_HEAD_REF": "feature/x",
-        "GITHUB_SHA": "f" * 40,
-        "GITHUB_ACTIONS": "true",
-    }
-    context = resolve_context(repo, env)
+    context = resolve_context(repo, CI_BUILDS[build][0])
     assert (context.branch, context.run_type, context.pr_number) == ("feature/x", "pr", 42)
     assert context.detached is True
     assert context.commit == git(repo, "rev-parse", "HEAD")
@@ -138,6 +322,7 @@ def test_pr_number_from_event_payload(repo: Path, tmp_path: Path) -> None:
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"pull_request": {"number": 9}}))
     env = {
+        **GITHUB,
         "GITHUB_EVENT_NAME": "pull_request_target",
         "GITHUB_EVENT_PATH": str(event),
         "GITHUB_REF": "refs/heads/main",
@@ -150,7 +335,7 @@ def test_pr_number_in_the_payload_must_be_a_positive_whole_number(
     repo: Path, tmp_path: Path
 ) -> None:
     event = tmp_path / "event.json"
-    env = {"GITHUB_EVENT_NAME": "pull_request", "GITHUB_EVENT_PATH": str(event)}
+    env = {**GITHUB, "GITHUB_EVENT_NAME": "pull_request", "GITHUB_EVENT_PATH": str(event)}
     for number in (True, -3, "7", 2.0):
         event.write_text(json.dumps({"pull_request": {"number": number}}))
         assert resolve_context(repo, env).pr_number is None
@@ -181,8 +366,19 @@ def test_explicit_pr_and_commit(repo: Path) -> None:
         ({"BRANCHFLOW_COMMIT": "abc123"}, "BRANCHFLOW_COMMIT"),
         # What os.environ holds for bytes that are not UTF-8: lone surrogates.
         *(
-            ({key: "feat\udcff"}, rf"\${key} is not valid UTF-8 \(b'feat\\xff'\); branchflow")
-            for key in ("GITHUB_HEAD_REF", "BUILD_SOURCEBRANCH", "GITHUB_RUN_ID", "CI")
+            (
+                {**flag, key: "feat\udcff"},
+                rf"\${key} is not valid UTF-8 \(b'feat\\xff'\); branchflow",
+            )
+            for flag, key in (
+                (GITHUB, "GITHUB_HEAD_REF"),
+                (GITHUB, "GITHUB_RUN_ID"),
+                (AZURE, "BUILD_SOURCEBRANCH"),
+                (AZURE_PR, "SYSTEM_PULLREQUEST_SOURCEBRANCH"),
+                (GITLAB_MR, "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"),
+                ({}, "CI"),
+                ({}, "GITLAB_CI"),
+            )
         ),
     ],
 )
@@ -215,9 +411,10 @@ def test_run_type_follows_configured_branches(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "build_id"),
     [
-        ({"GITHUB_RUN_ID": "100", "GITHUB_RUN_ATTEMPT": "1"}, "100"),
-        ({"GITHUB_RUN_ID": "100", "GITHUB_RUN_ATTEMPT": "3"}, "100-3"),
-        ({"BUILD_BUILDID": "77"}, "77"),
+        ({**GITHUB, "GITHUB_RUN_ID": "100", "GITHUB_RUN_ATTEMPT": "1"}, "100"),
+        ({**GITHUB, "GITHUB_RUN_ID": "100", "GITHUB_RUN_ATTEMPT": "3"}, "100-3"),
+        ({**AZURE, "BUILD_BUILDID": "77"}, "77"),
+        ({**GITLAB, "CI_PIPELINE_ID": "78"}, "78"),
     ],
 )
 def test_build_id(repo: Path, env: dict[str, str], build_id: str) -> None:
@@ -226,6 +423,7 @@ def test_build_id(repo: Path, env: dict[str, str], build_id: str) -> None:
 
 def test_run_url(repo: Path) -> None:
     env = {
+        **GITHUB,
         "GITHUB_SERVER_URL": "https://github.com",
         "GITHUB_REPOSITORY": "org/repo",
         "GITHUB_RUN_ID": "100",
@@ -380,6 +578,15 @@ def test_settings_errors_name_the_file_and_key(tmp_path: Path, table: str, messa
     assert "\n" not in str(caught.value)
 
 
+def test_every_setting_is_documented_with_its_default() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    tables = {"gate", "model", "azureml", "drift"}
+    for key in KNOWN_KEYS:
+        assert (f"`[tool.branchflow.{key}]`" if key in tables else f"| `{key}` |") in docs, key
+    for key in DRIFT_KEYS:
+        assert f"| `{key}` |" in docs, key
+
+
 def test_invalid_toml(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.branchflow\n")
     with pytest.raises(BranchflowError, match="invalid TOML"):
@@ -397,7 +604,9 @@ def invoke(repo: Path, monkeypatch: pytest.MonkeyPatch, *args: str, **env: str):
 
 
 def test_cli_json(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = invoke(repo, monkeypatch, "--pipeline-type", "scoring", GITHUB_RUN_ID="5")
+    result = invoke(
+        repo, monkeypatch, "--pipeline-type", "scoring", GITHUB_ACTIONS="true", GITHUB_RUN_ID="5"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["branch"] == "main" and data["build_id"] == "5"

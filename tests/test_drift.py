@@ -12,7 +12,7 @@ import pytest
 
 from badpixels import synth
 from branchflow.config import DriftSettings, load_settings
-from branchflow.drift import compare_stats, read_stats
+from branchflow.drift import Limit, compare_stats, limit_for, read_stats
 from branchflow.errors import BranchflowError
 
 # name -> synth arguments; "same" differs from "reference" only in its seed
@@ -104,7 +104,12 @@ def test_github_output_that_is_a_folder(
 
 @pytest.mark.parametrize(
     ("content", "bad"),
-    [('{"noise_sigma": NaN}', "noise_sigma"), ('{"a": 1, "b": Infinity, "c": true}', "b, c")],
+    [
+        ('{"noise_sigma": NaN}', "noise_sigma"),
+        ('{"a": 1, "b": Infinity, "c": true}', "b"),
+        ('{"a": {"b": [1, NaN]}, "c": -1e999}', "a.b.1, c"),
+        ('{"big": 1' + "0" * 400 + "}", "big"),
+    ],
 )
 def test_statistics_that_are_not_finite_numbers(
     stats: dict[str, Path], project: Path, content: str, bad: str
@@ -131,8 +136,11 @@ def test_threshold_from_pyproject(stats: dict[str, Path], project: Path) -> None
     [
         ("treshold = 0.2", "unknown key 'treshold' in [tool.branchflow.drift]; did you mean"),
         ("threshold = -0.1", "threshold must be a relative change >= 0"),
-        ('thresholds = { noise = "high" }', "noise must be a relative change >= 0"),
+        ('thresholds = { noise = "high" }', "thresholds: 'noise' must be a relative change >= 0"),
+        ("thresholds = { a.b = nan }", "thresholds: 'a.b' must be a relative change >= 0"),
+        ("absolute = { a = -1 }", "absolute: 'a' must be an absolute change >= 0, in the"),
         ("thresholds = 3", "thresholds must be a table"),
+        ('ignore = "meta"', "drift.ignore must be a list of non-empty strings"),
     ],
 )
 def test_bad_settings_are_errors(project: Path, table: str, message: str) -> None:
@@ -146,9 +154,11 @@ def test_bad_settings_are_errors(project: Path, table: str, message: str) -> Non
     ("content", "message"),
     [
         (None, "not found; write the data statistics first"),
-        ('{"noise_sigma": "high"}', "noise_sigma must be finite numbers"),
-        ("[1, 2]", "must be a JSON object of statistic name -> number"),
+        ("[1, 2]", "must be a JSON object of statistic name -> value"),
         ("{", "not a readable JSON file"),
+        ('{"a": {}, "b": []}', "holds no statistics"),
+        ('{"a": 1, "a": 2}', "not a readable JSON file (key 'a' given twice)"),
+        ('{"a.b": 1, "a": {"b": 2}}', "the statistic a.b is there twice"),
     ],
 )
 def test_bad_statistics_files_are_one_line_errors(
@@ -163,18 +173,158 @@ def test_bad_statistics_files_are_one_line_errors(
     assert "Traceback" not in result.stderr
 
 
-def test_statistics_must_match_and_thresholds_must_name_them(stats: dict[str, Path]) -> None:
-    reference = read_stats(stats["reference"])
-    with pytest.raises(BranchflowError, match="differ in defect_rate"):
-        compare_stats(
-            reference, {k: v for k, v in reference.items() if k != "defect_rate"}, DriftSettings()
-        )
-    with pytest.raises(BranchflowError, match="thresholds name noise, which the statistics lack"):
-        compare_stats(reference, reference, DriftSettings(thresholds={"noise": 1.0}))
-
-
 def test_relative_change_from_a_zero_reference() -> None:
     result = compare_stats({"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.1}, DriftSettings())
     assert [c.drifted for c in result.changes] == [False, True]
     assert "new, reference 0" in result.lines()[1]
     assert result.lines()[-1] == "drift: b"
+
+
+# --- the generic form: any two JSON files of statistics ------------------------------------
+
+REFERENCE = {
+    "rows": 1000,
+    "columns": {"age": {"mean": 40.0, "null_share": 0.0}, "city": {"top": "Paris"}},
+    "histogram": [10, 20, 30],
+    "meta": {"computed_at": "2024-01-01", "valid": True, "note": None},
+}
+
+
+def write(folder: Path, name: str, document: object) -> Path:
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def current_with(**changes: object) -> dict[str, object]:
+    """REFERENCE with dotted names set (None removes one)."""
+    document = json.loads(json.dumps(REFERENCE))
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = document
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return document
+
+
+def test_nested_objects_and_lists_flatten_to_dotted_names(tmp_path: Path) -> None:
+    assert read_stats(write(tmp_path, "reference", REFERENCE)) == {
+        "rows": 1000.0,
+        "columns.age.mean": 40.0,
+        "columns.age.null_share": 0.0,
+        "columns.city.top": "Paris",
+        "histogram.0": 10.0,
+        "histogram.1": 20.0,
+        "histogram.2": 30.0,
+        "meta.computed_at": "2024-01-01",
+        "meta.valid": True,
+        "meta.note": None,
+    }
+
+
+def test_unchanged_statistics_are_no_drift(tmp_path: Path) -> None:
+    same = read_stats(write(tmp_path, "reference", REFERENCE))
+    result = compare_stats(same, same, DriftSettings())
+    assert not result.drifted
+    assert result.lines()[-1] == "no drift"
+    assert "ok     meta.note               null -> null  (unchanged)" in result.lines()
+
+
+@pytest.mark.parametrize(
+    ("changes", "drifted"),
+    [
+        ({"columns__age__mean": 45.0}, []),  # +12.5 %, within the default 25 %
+        ({"columns__age__mean": 55.0}, ["columns.age.mean"]),
+        ({"columns__city__top": "Lyon"}, ["columns.city.top"]),
+        ({"meta__valid": 1}, ["meta.valid"]),  # true became a number: changed
+        ({"meta__note": "x"}, ["meta.note"]),
+        ({"histogram": [10, 20, 30, 40]}, ["histogram.3"]),
+        ({"columns__city": None}, ["columns.city.top"]),
+    ],
+)
+def test_what_drifts(tmp_path: Path, changes: dict[str, object], drifted: list[str]) -> None:
+    reference = read_stats(write(tmp_path, "reference", REFERENCE))
+    current = read_stats(write(tmp_path, "current", current_with(**changes)))
+    result = compare_stats(reference, current, DriftSettings())
+    assert result.lines()[-1] == (f"drift: {', '.join(drifted)}" if drifted else "no drift")
+
+
+def test_a_statistic_in_one_file_only_is_reported(tmp_path: Path) -> None:
+    reference = read_stats(write(tmp_path, "reference", REFERENCE))
+    current = read_stats(
+        write(tmp_path, "current", current_with(rows=None, columns__size={"mean": 1}))
+    )
+    result = compare_stats(reference, current, DriftSettings())
+    assert (result.only_in_reference, result.only_in_current) == (("rows",), ("columns.size.mean",))
+    lines = result.lines()
+    assert "DRIFT  rows                    only in the reference" in lines
+    assert "DRIFT  columns.size.mean       only in the current statistics" in lines
+    assert lines[-1] == "drift: columns.size.mean, rows"
+
+
+def test_limits_per_name_pattern_and_absolute(tmp_path: Path) -> None:
+    settings = DriftSettings(
+        threshold=0.1,
+        thresholds={"columns.*": 0.5, "columns.age.mean": 0.2, "histogram.*": 1.0},
+        absolute={"columns.*.null_share": 0.01},
+        ignore=("meta.*",),
+    )
+    assert limit_for("rows", settings) == Limit(0.1)
+    assert limit_for("columns.age.mean", settings) == Limit(0.2)  # exact name before pattern
+    assert limit_for("columns.age.null_share", settings) == Limit(0.01, absolute=True)
+    assert limit_for("columns.city.top", settings) == Limit(0.5)
+    reference = read_stats(write(tmp_path, "reference", REFERENCE))
+    changes = {
+        "columns__age__mean": 47.0,  # +17.5 %: within its 20 %
+        "columns__age__null_share": 0.02,  # from 0: +0.02 is past its absolute 0.01
+        "histogram": [19, 39, 59],  # just under +100 %
+        "meta__computed_at": "2024-06-01",  # ignored
+    }
+    current = read_stats(write(tmp_path, "current", current_with(**changes)))
+    result = compare_stats(reference, current, settings)
+    assert [c.name for c in result.changes if c.drifted] == ["columns.age.null_share"]
+    assert not any(c.name.startswith("meta.") for c in result.changes)
+    lines = result.lines()
+    assert "DRIFT  columns.age.null_share  0 -> 0.02  (+0.02, limit 0.01)" in lines
+    assert "ok     columns.age.mean        40 -> 47  (+17.5%, limit 20%)" in lines
+
+
+@pytest.mark.parametrize("rule", ["thresholds", "absolute", "ignore"])
+def test_limits_must_name_a_statistic(tmp_path: Path, rule: str) -> None:
+    stats = read_stats(write(tmp_path, "reference", current_with(extra=[0, 1, 2, 3, 4])))
+    patterns = ("colums.*",) if rule == "ignore" else {"colums.*": 1.0}
+    with pytest.raises(BranchflowError) as error:
+        compare_stats(stats, stats, DriftSettings(**{rule: patterns}))
+    assert str(error.value).startswith(
+        f"[tool.branchflow.drift] {rule} name colums.*, which match no statistic; known: "
+        "columns.age.mean, columns.age.null_share, columns.city.top, extra.0,"
+    )
+    assert str(error.value).endswith(", ... (15 in all)")
+
+
+def test_nested_limits_from_pyproject(project: Path) -> None:
+    (project / "pyproject.toml").write_text(
+        "[tool.branchflow.drift]\nthreshold = 0.1\nignore = ['meta.*']\n"
+        "[tool.branchflow.drift.thresholds]\ncolumns.age.mean = 0.2\n'histogram.*' = 1\n"
+        "[tool.branchflow.drift.absolute]\n'columns.*.null_share' = 0.01\n"
+    )
+    assert load_settings(project).drift == DriftSettings(
+        0.1,
+        {"columns.age.mean": 0.2, "histogram.*": 1.0},
+        {"columns.*.null_share": 0.01},
+        ("meta.*",),
+    )
+
+
+def test_generic_files_on_the_command_line(project: Path, tmp_path: Path) -> None:
+    reference = write(tmp_path, "reference", REFERENCE)
+    current = write(tmp_path, "current", current_with(columns__age__mean=47.0))
+    assert drift(project, reference, current, "--fail-on-drift").returncode == 0
+    strict = drift(project, reference, current, "--fail-on-drift", "--threshold", "0.1")
+    assert strict.returncode == 1, strict.stderr
+    assert "DRIFT  columns.age.mean        40 -> 47  (+17.5%, limit 10%)" in strict.stdout
+    assert drift(project, reference, current, "--threshold", "nan").returncode == 2

@@ -269,22 +269,43 @@ def prune_command(branch: str, dry_run: bool) -> None:
 _STATS = click.Path(dir_okay=False, path_type=Path)
 
 
+def _finite_share(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A relative limit: a finite number >= 0 (click's FloatRange lets NaN and inf through)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a finite number >= 0 (0.25 is 25 %)")
+    return value
+
+
 @main.command("drift")
 @click.option(
     "--reference",
     required=True,
     type=_STATS,
-    help="Statistics (JSON name -> number) of the data the champion was trained on.",
+    help="Statistics (a JSON object, nested allowed) of the data the champion was trained on.",
 )
 @click.option("--current", required=True, type=_STATS, help="Statistics of the newest data.")
+@click.option(
+    "--threshold",
+    type=float,
+    callback=_finite_share,
+    help="Default relative limit (0.25 is 25 %), instead of [tool.branchflow.drift] threshold.",
+)
 @click.option("--fail-on-drift", is_flag=True, help="Exit 1 when drift is found.")
 @click.pass_context
-def drift_command(ctx: click.Context, reference: Path, current: Path, fail_on_drift: bool) -> None:
-    """Compare data statistics with [tool.branchflow.drift]; write drift=true|false to
-    $GITHUB_OUTPUT when it is set."""
+def drift_command(
+    ctx: click.Context,
+    reference: Path,
+    current: Path,
+    threshold: float | None,
+    fail_on_drift: bool,
+) -> None:
+    """Compare two JSON files of data statistics with [tool.branchflow.drift]; write
+    drift=true|false to $GITHUB_OUTPUT when it is set."""
     from branchflow.drift import check_drift, write_github_output
 
-    drift = check_drift(Path.cwd(), reference, current)
+    drift = check_drift(Path.cwd(), reference, current, threshold)
     click.echo("\n".join(drift.lines()))
     if write_github_output(drift):
         click.echo(f"drift={'true' if drift.drifted else 'false'} written to $GITHUB_OUTPUT")

@@ -158,12 +158,18 @@ DRIFT_SECTION = "[tool.branchflow.drift]"
 class DriftSettings:
     """`[tool.branchflow.drift]`: how far a data statistic may move before it is drift.
 
-    Limits are relative changes (0.25: 25 % of the reference value); `thresholds` overrides
-    `threshold` for named statistics.
+    `threshold` is the default limit on the relative change (0.25: 25 % of the reference
+    value); `thresholds` sets relative limits and `absolute` limits on |current - reference|
+    for single statistics. Their keys are flattened names (`a.b.c`) or glob patterns
+    (`classes.*`); an exact name wins over patterns, then the first matching pattern. A
+    statistic with an absolute limit is judged by it alone. `ignore` lists names or patterns
+    that are not compared.
     """
 
     threshold: float = 0.25
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    absolute: Mapping[str, float] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
 
 
 DRIFT_KEYS = tuple(f.name for f in fields(DriftSettings))
@@ -465,17 +471,33 @@ def _relative_paths(path: Path, key: str, value: object) -> tuple[str, ...]:
 
 def _drift_settings(path: Path, table: object) -> DriftSettings:
     table = _table(path, DRIFT_SECTION, table, DRIFT_KEYS)
-    overrides = _table(path, f"{DRIFT_SECTION} thresholds", table.get("thresholds", {}))
     return DriftSettings(
-        threshold=_relative(path, "threshold", table.get("threshold", 0.25)),
-        thresholds={name: _relative(path, name, value) for name, value in overrides.items()},
+        threshold=_limit(path, "threshold", table.get("threshold", 0.25)),
+        thresholds=_drift_limits(path, "thresholds", table.get("thresholds", {})),
+        absolute=_drift_limits(path, "absolute", table.get("absolute", {})),
+        ignore=_strings(path, "drift.ignore", table.get("ignore", [])),
     )
 
 
-def _relative(path: Path, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise BranchflowError(
-            f"{path}: {DRIFT_SECTION} {name} must be a relative change >= 0 (0.25 is 25 %), "
-            f"got {value!r}"
+def _drift_limits(path: Path, rule: str, table: object, prefix: str = "") -> dict[str, float]:
+    """`{statistic = limit}`; nested tables (from unquoted dotted keys) join with dots."""
+    limits: dict[str, float] = {}
+    for key, value in _table(path, f"{DRIFT_SECTION} {rule}", table).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            limits.update(_drift_limits(path, rule, value, f"{name}."))
+        else:
+            limits[name] = _limit(path, f"{rule}: '{name}'", value, rule)
+    return limits
+
+
+def _limit(path: Path, name: str, value: object, rule: str = "thresholds") -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        kind = (
+            "an absolute change >= 0, in the statistic's units"
+            if rule == "absolute"
+            else ("a relative change >= 0 (0.25 is 25 %)")
         )
+        raise BranchflowError(f"{path}: {DRIFT_SECTION} {name} must be {kind}, got {value!r}")
     return float(value)

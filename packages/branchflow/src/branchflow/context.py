@@ -30,11 +30,12 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
 
 from branchflow.config import Settings, load_settings
 from branchflow.errors import BranchflowError
@@ -44,27 +45,7 @@ MAX_NAME_LENGTH = 128
 HASH_LENGTH = 10
 SHORT_COMMIT_LENGTH = 7
 PR_EVENTS = frozenset({"pull_request", "pull_request_target"})
-CI_FLAGS = ("CI", "GITHUB_ACTIONS", "TF_BUILD")
-# Every environment variable the context is read from.
-READ_VARIABLES = (
-    *CI_FLAGS,
-    "BRANCHFLOW_BRANCH",
-    "BRANCHFLOW_COMMIT",
-    "BRANCHFLOW_PR",
-    "BUILD_BUILDID",
-    "BUILD_SOURCEBRANCH",
-    "BUILD_SOURCEBRANCHNAME",
-    "CI_COMMIT_REF_NAME",
-    "GITHUB_EVENT_NAME",
-    "GITHUB_EVENT_PATH",
-    "GITHUB_HEAD_REF",
-    "GITHUB_REF",
-    "GITHUB_REF_NAME",
-    "GITHUB_REPOSITORY",
-    "GITHUB_RUN_ATTEMPT",
-    "GITHUB_RUN_ID",
-    "GITHUB_SERVER_URL",
-)
+UTF8_FIX = "branchflow needs UTF-8 text: rename the branch, or fix or unset the variable"
 
 
 @dataclass(frozen=True)
@@ -78,6 +59,7 @@ class Context:
     dirty: bool
     run_type: str
     pr_number: int | None
+    base_branch: str | None  # a PR's target branch
     build_id: str | None
     run_url: str | None
     detached: bool
@@ -154,26 +136,31 @@ def resolve_context(
 ) -> Context:
     """Resolve the context of the checkout at `root` from CI variables and git.
 
-    `dirty` counts untracked (not ignored) files too: they can change what a run produces.
+    `BRANCHFLOW_BRANCH`, `BRANCHFLOW_PR` and `BRANCHFLOW_COMMIT` win over what the CI system
+    says. `dirty` counts untracked (not ignored) files too: they can change what a run produces.
     """
     _require_repository(root)
     settings = settings or load_settings(root)
-    _require_utf8_env(env)
     commit = _commit(root, env)
     git_branch = git(root, "symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
     _require_utf8("the checked-out branch", git_branch, "rename it: git branch -m <new name>")
-    branch = _branch_from_env(env) or git_branch or commit[:SHORT_COMMIT_LENGTH]
-    pr_number = _pr_number(env)
+    run = detect_ci(env)
+    branch = (
+        _read(env, "BRANCHFLOW_BRANCH") or run.branch or git_branch or commit[:SHORT_COMMIT_LENGTH]
+    )
+    explicit_pr = _read(env, "BRANCHFLOW_PR")
+    pr_number = _number("BRANCHFLOW_PR", explicit_pr) if explicit_pr else run.pr_number
     return Context(
         branch=branch,
         branch_slug=slugify(branch),
         commit=commit,
         short_commit=commit[:SHORT_COMMIT_LENGTH],
         dirty=bool(git(root, "status", "--porcelain").stdout.strip()),
-        run_type=_run_type(env, branch, pr_number, settings),
+        run_type=_run_type(env, run, branch, pr_number, settings),
         pr_number=pr_number,
-        build_id=_build_id(env),
-        run_url=_run_url(env),
+        base_branch=run.base_branch,
+        build_id=run.build_id,
+        run_url=run.run_url,
         detached=not git_branch,
     )
 
@@ -273,11 +260,11 @@ def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return result
 
 
-def _require_utf8_env(env: Mapping[str, str]) -> None:
-    """Check that each variable the context reads is UTF-8 text (POSIX allows any bytes)."""
-    for key in READ_VARIABLES:
-        fix = "branchflow needs UTF-8 text: rename the branch, or fix or unset the variable"
-        _require_utf8(f"${key}", env.get(key, ""), fix)
+def _read(env: Mapping[str, str], key: str) -> str:
+    """`env[key]`, "" when unset; POSIX allows any bytes, and branchflow reads only UTF-8."""
+    value = env.get(key, "")
+    _require_utf8(f"${key}", value, UTF8_FIX)
+    return value
 
 
 def _require_utf8(what: str, value: str, fix: str) -> None:
@@ -298,8 +285,13 @@ def _require_repository(root: Path) -> None:
 
 
 def _commit(root: Path, env: Mapping[str, str]) -> str:
-    """`BRANCHFLOW_COMMIT`, else HEAD (`GITHUB_SHA` is a merge commit for pull requests)."""
-    explicit = env.get("BRANCHFLOW_COMMIT")
+    """`BRANCHFLOW_COMMIT`, else HEAD: the commit that was built.
+
+    A PR build checks out the PR merged into its target; that merge commit is HEAD, and the
+    CI's own sha (`GITHUB_SHA`, `BUILD_SOURCEVERSION`, `CI_COMMIT_SHA`) names it too, so it is
+    not read.
+    """
+    explicit = _read(env, "BRANCHFLOW_COMMIT")
     if explicit:
         if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", explicit.lower()):
             raise BranchflowError(
@@ -312,42 +304,169 @@ def _commit(root: Path, env: Mapping[str, str]) -> str:
     return head.stdout.strip()
 
 
-def _branch_from_env(env: Mapping[str, str]) -> str | None:
-    """The first non-empty branch that a CI system reports, in order of precedence."""
-    pull_ref = env.get("GITHUB_REF", "").startswith("refs/pull/")
-    candidates = (
-        env.get("BRANCHFLOW_BRANCH"),
-        env.get("GITHUB_HEAD_REF"),  # pull requests: GITHUB_REF_NAME is then "<n>/merge"
-        None if pull_ref else env.get("GITHUB_REF_NAME"),
-        # Azure DevOps: the full ref keeps "feature/x" and "bugfix/x" apart; the name does not.
-        _removeprefix_or_none(env.get("BUILD_SOURCEBRANCH"), "refs/heads/"),
-        env.get("BUILD_SOURCEBRANCHNAME"),
-        env.get("CI_COMMIT_REF_NAME"),
+def _number(variable: str, value: str) -> int:
+    """A PR number: ASCII digits only (`str.isdigit` also takes other scripts' digits)."""
+    if not re.fullmatch(r"[0-9]+", value):
+        raise BranchflowError(
+            f"${variable}={value!r} is not a number; it must be the pull request's number, "
+            "in ASCII digits"
+        )
+    return int(value)
+
+
+def _run_type(
+    env: Mapping[str, str], run: CiRun, branch: str, pr_number: int | None, settings: Settings
+) -> str:
+    if pr_number is not None or run.pull_request:
+        return "pr"
+    in_ci = run.system is not None or _read(env, "CI").lower() == "true"
+    if in_ci and branch == settings.main_branch:
+        return "main"
+    if in_ci and branch == settings.dev_branch:
+        return "dev"
+    return "local"
+
+
+# --- CI systems: one detector each, from the variables each system documents ----------------
+
+
+@dataclass(frozen=True)
+class CiRun:
+    """What a CI system's variables say about this build; `system` is None outside CI."""
+
+    system: str | None = None
+    branch: str | None = None  # for a PR, its source branch
+    pull_request: bool = False
+    pr_number: int | None = None
+    base_branch: str | None = None
+    build_id: str | None = None
+    run_url: str | None = None
+
+
+def detect_ci(env: Mapping[str, str]) -> CiRun:
+    """The run of the first CI system whose flag variable is `true` (any case), else none."""
+    for flag, detector in CI_SYSTEMS:
+        if _read(env, flag).lower() == "true":
+            return detector(env)
+    return CiRun()
+
+
+def _github(env: Mapping[str, str]) -> CiRun:
+    """GitHub Actions (docs.github.com, "Variables reference": default environment variables).
+
+    In a PR `GITHUB_REF` is `refs/pull/<n>/merge` and `GITHUB_REF_NAME` `<n>/merge`; the
+    branch is `GITHUB_HEAD_REF`. `pull_request_target` runs on the base branch, and only the
+    event payload names the PR.
+    """
+    ref = _read(env, "GITHUB_REF")
+    pull_ref = ref.startswith("refs/pull/")
+    run_id = _read(env, "GITHUB_RUN_ID")
+    attempt = _read(env, "GITHUB_RUN_ATTEMPT")
+    server, repository = _read(env, "GITHUB_SERVER_URL"), _read(env, "GITHUB_REPOSITORY")
+    return CiRun(
+        system="GitHub Actions",
+        branch=_read(env, "GITHUB_HEAD_REF")
+        or (None if pull_ref else _read(env, "GITHUB_REF_NAME")),
+        pull_request=pull_ref or _read(env, "GITHUB_EVENT_NAME") in PR_EVENTS,
+        pr_number=_pull_ref_number(ref) or _pr_number_from_event(env),
+        base_branch=_read(env, "GITHUB_BASE_REF") or None,
+        build_id=f"{run_id}-{attempt}" if run_id and _retried(attempt) else run_id or None,
+        run_url=_url_if_all(server, repository, "actions/runs", run_id),
     )
-    return next((candidate for candidate in candidates if candidate), None)
 
 
-def _removeprefix_or_none(value: str | None, prefix: str) -> str | None:
-    return value[len(prefix) :] if value and value.startswith(prefix) else None
+def _retried(attempt: str) -> bool:
+    return attempt.isdecimal() and int(attempt) > 1
 
 
-def _pr_number(env: Mapping[str, str]) -> int | None:
-    """`BRANCHFLOW_PR`, else `GITHUB_REF=refs/pull/<n>/...`, else the GitHub event payload."""
-    explicit = env.get("BRANCHFLOW_PR")
-    if explicit:
-        if not re.fullmatch(r"[0-9]+", explicit):
-            raise BranchflowError(f"BRANCHFLOW_PR={explicit!r} is not a number; set the PR number")
-        return int(explicit)
-    match = re.fullmatch(r"refs/pull/([0-9]+)/(?:merge|head)", env.get("GITHUB_REF", ""))
-    if match:
-        return int(match[1])
-    return _pr_number_from_event(env)
+def _url_if_all(*parts: str) -> str | None:
+    """The parts joined by `/`, each without its outer slashes; None when one is empty."""
+    return "/".join(part.strip("/") for part in parts) if all(parts) else None
+
+
+def _azure(env: Mapping[str, str]) -> CiRun:
+    """Azure Pipelines (learn.microsoft.com/azure/devops/pipelines/build/variables).
+
+    A PR build (`BUILD_REASON=PullRequest`) has `BUILD_SOURCEBRANCH=refs/pull/<id>/merge`;
+    its branches are `SYSTEM_PULLREQUEST_SOURCEBRANCH`/`TARGETBRANCH` (`refs/heads/x` for
+    Azure Repos, `x` for GitHub). GitHub PRs have a number distinct from their id.
+    """
+    source = _read(env, "BUILD_SOURCEBRANCH")
+    pull = _read(env, "BUILD_REASON") == "PullRequest" or source.startswith("refs/pull/")
+    build_id = _read(env, "BUILD_BUILDID")
+    collection, project = _read(env, "SYSTEM_COLLECTIONURI"), _read(env, "SYSTEM_TEAMPROJECT")
+    results = f"_build/results?buildId={build_id}" if build_id else ""
+    return CiRun(
+        system="Azure Pipelines",
+        branch=_azure_branch(env, source, pull),
+        pull_request=pull,
+        pr_number=_azure_pr_number(env, source) if pull else None,
+        base_branch=_short_branch(_read(env, "SYSTEM_PULLREQUEST_TARGETBRANCH")) if pull else None,
+        build_id=build_id or None,
+        run_url=_url_if_all(collection, quote(project), results),
+    )
+
+
+def _azure_branch(env: Mapping[str, str], source: str, pull: bool) -> str | None:
+    """A PR's source branch, else the built branch; a tag's name (`BUILD_SOURCEBRANCHNAME` is
+    only the last segment of `refs/heads/feature/x`, and `merge` in a PR)."""
+    if pull:
+        return _short_branch(_read(env, "SYSTEM_PULLREQUEST_SOURCEBRANCH"))
+    if source.startswith("refs/heads/"):
+        return _short_branch(source)
+    return _read(env, "BUILD_SOURCEBRANCHNAME") or None
+
+
+def _azure_pr_number(env: Mapping[str, str], source: str) -> int | None:
+    for variable in ("SYSTEM_PULLREQUEST_PULLREQUESTNUMBER", "SYSTEM_PULLREQUEST_PULLREQUESTID"):
+        value = _read(env, variable)
+        if value:
+            return _number(variable, value)
+    return _pull_ref_number(source)
+
+
+def _gitlab(env: Mapping[str, str]) -> CiRun:
+    """GitLab CI/CD (docs.gitlab.com/ci/variables/predefined_variables).
+
+    `CI_MERGE_REQUEST_*` is set in merge request pipelines only, where `CI_COMMIT_BRANCH` is
+    not; `CI_COMMIT_REF_NAME` is the tag in tag pipelines.
+    """
+    iid = _read(env, "CI_MERGE_REQUEST_IID")
+    branch = _read(env, "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") if iid else ""
+    return CiRun(
+        system="GitLab CI",
+        branch=branch or _read(env, "CI_COMMIT_BRANCH") or _read(env, "CI_COMMIT_REF_NAME") or None,
+        pull_request=bool(iid),
+        pr_number=_number("CI_MERGE_REQUEST_IID", iid) if iid else None,
+        base_branch=(_read(env, "CI_MERGE_REQUEST_TARGET_BRANCH_NAME") if iid else "") or None,
+        build_id=_read(env, "CI_PIPELINE_ID") or None,
+        run_url=_read(env, "CI_PIPELINE_URL") or None,
+    )
+
+
+# (flag variable, detector): add a CI system here.
+CI_SYSTEMS: tuple[tuple[str, Callable[[Mapping[str, str]], CiRun]], ...] = (
+    ("GITHUB_ACTIONS", _github),
+    ("TF_BUILD", _azure),
+    ("GITLAB_CI", _gitlab),
+)
+
+
+def _short_branch(ref: str) -> str | None:
+    """`refs/heads/feature/x` -> `feature/x` (the full ref keeps `a/x` and `b/x` apart)."""
+    return ref.removeprefix("refs/heads/") or None
+
+
+def _pull_ref_number(ref: str) -> int | None:
+    """`<n>` of `refs/pull/<n>/merge` (or `/head`), else None."""
+    match = re.fullmatch(r"refs/pull/([0-9]+)/(?:merge|head)", ref)
+    return int(match[1]) if match else None
 
 
 def _pr_number_from_event(env: Mapping[str, str]) -> int | None:
-    """`pull_request_target` runs on the base branch; only the payload names the PR."""
-    path = env.get("GITHUB_EVENT_PATH")
-    if env.get("GITHUB_EVENT_NAME") not in PR_EVENTS or not path:
+    """The PR number in the GitHub event payload, for `pull_request_target` events."""
+    path = _read(env, "GITHUB_EVENT_PATH")
+    if _read(env, "GITHUB_EVENT_NAME") not in PR_EVENTS or not path:
         return None
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -357,32 +476,3 @@ def _pr_number_from_event(env: Mapping[str, str]) -> int | None:
     number = pull_request.get("number") if isinstance(pull_request, dict) else None
     valid = isinstance(number, int) and not isinstance(number, bool) and number > 0
     return number if valid else None
-
-
-def _run_type(
-    env: Mapping[str, str], branch: str, pr_number: int | None, settings: Settings
-) -> str:
-    if pr_number is not None or env.get("GITHUB_EVENT_NAME") in PR_EVENTS:
-        return "pr"
-    in_ci = any(env.get(flag, "").lower() == "true" for flag in CI_FLAGS)
-    if in_ci and branch == settings.main_branch:
-        return "main"
-    if in_ci and branch == settings.dev_branch:
-        return "dev"
-    return "local"
-
-
-def _build_id(env: Mapping[str, str]) -> str | None:
-    run_id = env.get("GITHUB_RUN_ID")
-    if run_id:
-        attempt = env.get("GITHUB_RUN_ATTEMPT", "")
-        return f"{run_id}-{attempt}" if attempt.isdecimal() and int(attempt) > 1 else run_id
-    return env.get("BUILD_BUILDID") or None
-
-
-def _run_url(env: Mapping[str, str]) -> str | None:
-    parts = [env.get(key) for key in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
-    if not all(parts):
-        return None
-    server, repository, run_id = parts
-    return f"{server}/{repository}/actions/runs/{run_id}"
