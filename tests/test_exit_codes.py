@@ -244,3 +244,12 @@ def test_the_installed_command_exits_with_the_same_codes(
     )
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("uri", ["ftp://models.example/x", "s3://bucket/mlruns", "./mlruns"])
+def test_a_tracking_uri_mlflow_cannot_use_is_a_one_line_error(
+    metrics_repo: Path, monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = invoke(metrics_repo, monkeypatch, "history")
+    assert_one_line_error(result, f"MLFLOW_TRACKING_URI={uri}: unsupported scheme", "http://")

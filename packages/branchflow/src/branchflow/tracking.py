@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from branchflow.context import Context, data_version
 from branchflow.errors import BranchflowError
@@ -48,6 +49,10 @@ MLFLOW_DEFAULTS = {
 }
 
 
+# What MLflow's tracking and registry stores accept (SQLAlchemy ones with an optional +driver).
+TRACKING_SCHEMES = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql", "file")
+
+
 @dataclass(frozen=True)
 class Store:
     """Where runs and models go; `artifact_root` is set only for the local default store."""
@@ -71,6 +76,12 @@ def store_for(root: Path, env: Mapping[str, str] = os.environ) -> Store:
     """`MLFLOW_TRACKING_URI`, else the project's local sqlite store."""
     uri = env.get("MLFLOW_TRACKING_URI")
     if uri:
+        scheme = urlsplit(uri).scheme.split("+")[0].lower()
+        if scheme not in TRACKING_SCHEMES:
+            raise BranchflowError(
+                f"MLFLOW_TRACKING_URI={uri}: unsupported scheme {scheme!r}; use one of "
+                f"{', '.join(f'{s}://' for s in TRACKING_SCHEMES)}, or unset it for the local store"
+            )
         return Store(uri, None)
     root = root.resolve()
     return Store(f"sqlite:///{root / LOCAL_DB}", (root / LOCAL_ARTIFACTS).as_uri())
