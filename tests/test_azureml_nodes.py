@@ -160,7 +160,7 @@ def make_subfolder_project(repo: Path) -> Path:
     """Two pipelines in subfolders; one stage runs in `wdir: ../..`, one reads a second
     params file."""
     files = {
-        "pyproject.toml": '[project]\nname = "two-pipelines"\n',
+        "pyproject.toml": '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n',
         "tools/scale.py": """
             import os, sys, yaml
             os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
@@ -258,10 +258,19 @@ def test_a_foreign_projects_environment_holds_what_its_nodes_import(tmp_path: Pa
     assert result.exit_code == 0, result.output
 
 
+def test_an_environment_that_would_install_nothing_is_an_error(tmp_path: Path) -> None:
+    repo = make_subfolder_project(tmp_path / "repo")
+    (repo / "pyproject.toml").write_text('[project]\nname = "two-pipelines"\n')
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 3
+    assert "the Azure ML environment would install nothing" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_a_cluster_too_small_for_a_sharded_stage_is_an_error(tmp_path: Path) -> None:
     repo = make_subfolder_project(tmp_path / "repo")
     (repo / "pyproject.toml").write_text(
-        '[project]\nname = "two-pipelines"\n\n'
+        '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n\n'
         '[tool.branchflow.azureml.computes.cpu-cluster]\nsize = "Standard_DS3_v2"\n'
         'max_instances = 2\n\n[tool.branchflow.azureml.stages."pipelines/train/dvc.yaml:prepare"]\n'
         "instance_count = 3\n"

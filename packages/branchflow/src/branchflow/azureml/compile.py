@@ -150,6 +150,11 @@ def _environment(root: Path, aml: AzureMLSettings) -> tuple[str, str, dict[str, 
     """Name, content-hash version and files of the environment (its YAML and conda spec)."""
     env = aml.environment
     pip = environment_requirements(root, env.pip, env.lock_groups)
+    if not pip and env.pip is None:
+        raise BranchflowError(
+            "the Azure ML environment would install nothing: the project has no uv.lock and no "
+            "[project].dependencies; add them, or list [tool.branchflow.azureml.environment] pip"
+        )
     conda = {
         "name": env.name,
         "channels": ["conda-forge"],
