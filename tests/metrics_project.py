@@ -3,6 +3,7 @@ report tests without training a model."""
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,49 @@ def branch_with(repo: Path, branch: str, **train: float) -> None:
     params["train"].update(train)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     sh("dvc", "repro", "-q", cwd=repo)
+
+
+WRITE_PARAMS = """\
+import json, pathlib, sys, yaml
+
+params = yaml.safe_load(pathlib.Path("params.yaml").read_text())["train"]
+out = pathlib.Path(sys.argv[1])
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps(params))
+"""
+
+
+def make_pipelines_repo(path: Path, folders: dict[str, dict[str, float]], gate: str = "") -> Path:
+    """`main` holds one `dvc.yaml` per folder (`{folder: train params}`), each with a stage
+    `train` that writes its params as the metrics file `out` names: `metrics.json` (kept in git)
+    or `eval/metrics.json` (DVC-cached); reproduced and committed, with `gate` as the
+    `[tool.branchflow.gate]` tables."""
+    path.mkdir(parents=True)
+    (path / "write.py").write_text(WRITE_PARAMS)
+    (path / "pyproject.toml").write_text(f'[project]\nname = "toy"\n\n{gate}')
+    for folder, params in folders.items():
+        out = "eval/metrics.json" if folder == "." else "metrics.json"
+        stage = {
+            "cmd": f"python {posixpath.relpath('write.py', folder)} {out}",
+            "deps": [posixpath.relpath("write.py", folder)],
+            "params": ["train"],
+            "metrics": [out if folder == "." else {out: {"cache": False}}],
+        }
+        (path / folder).mkdir(parents=True, exist_ok=True)
+        (path / folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+        (path / folder / "params.yaml").write_text(yaml.safe_dump({"train": params}))
+    init_repo(path)
+    sh("dvc", "init", "-q", cwd=path)
+    sh("dvc", "repro", "-q", "--all-pipelines", cwd=path)
+    sh("git", "add", "-A", cwd=path)
+    sh("git", "commit", "-q", "-m", "main: the pipelines", cwd=path)
+    return path
+
+
+def set_params(repo: Path, folder: str, **train: float) -> None:
+    """Set `train` params in `folder`'s params.yaml and `dvc repro` every pipeline."""
+    params = repo / folder / "params.yaml"
+    values = yaml.safe_load(params.read_text())
+    values["train"].update(train)
+    params.write_text(yaml.safe_dump(values))
+    sh("dvc", "repro", "-q", "--all-pipelines", cwd=repo)

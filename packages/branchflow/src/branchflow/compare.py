@@ -1,7 +1,8 @@
 """What a branch changed against its base, read from DVC, git and the MLflow registry.
 
-Metrics and params come from DVC's own diffs (`repo.metrics.diff`, `repo.params.diff`); which
-stages reran comes from the base commit's `dvc.lock` against the workspace's, the record DVC
+Metrics and params come from DVC's own diffs (`repo.metrics.diff`, `repo.params.diff`), which
+read the base's files from git or, for cached outputs, from DVC's cache or remote; which stages
+reran comes from the base commit's `dvc.lock` files against the workspace's, the record DVC
 itself decides reruns from; the champion's metrics come from its MLflow run and version tags.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
 
 LOCK_FILE = "dvc.lock"
+PIPELINE_FILE = "dvc.yaml"
 METRIC_TAG = "metric."
 WORKSPACE = "workspace"
 
@@ -60,9 +63,11 @@ class Metric:
 class Comparison:
     """This branch's metrics beside the base's and the champion's.
 
-    `base_found` is False when the base has no metrics (a repository's first run);
-    `champion_missing` says why there is no champion, when there is none; `invalid` names
-    each of this branch's metrics that is not a finite number, and what its file holds.
+    `base_found` is False when the base has no metrics; `base_missing` says why, when the base
+    produced metrics (its `dvc.lock` records them) that cannot be read here, and is None for a
+    genuine first run; `champion_missing` says why there is no champion, when there is none;
+    `invalid` names each of this branch's metrics that is not a finite number, and what its
+    file holds.
     """
 
     base: Base | None
@@ -71,6 +76,7 @@ class Comparison:
     champion: Champion | None
     champion_missing: str | None
     invalid: Mapping[str, str] = field(default_factory=dict)
+    base_missing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,8 +156,11 @@ def compare(
             "run `dvc repro` first"
         )
     diffs: dict[str, dict[str, dict[str, Any]]] = {}
+    missing = None
     if base is not None:
-        diffs = repo.metrics.diff(a_rev=base.commit, b_rev=WORKSPACE, all=True).get("diff", {})
+        diff = repo.metrics.diff(a_rev=base.commit, b_rev=WORKSPACE, all=True)
+        diffs = diff.get("diff", {})
+        missing = _unreadable(Path(repo.root_dir), base, diff.get("errors", {}).get(base.commit))
     rows: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
     for path, values in current.items():
         for name, value in values.items():
@@ -162,16 +171,35 @@ def compare(
             old = _number(entry.get("old"))
             if (path, name) not in rows and old is not None:
                 rows[path, name] = (None, old, None)
-    names = _qualified_names([*rows, *bad])
+    names = qualified_names([*rows, *bad])
     metrics = tuple(Metric(names[key], *row) for key, row in rows.items())
-    champion, missing = find_champion(Path(repo.root_dir), production_model, env)
+    champion, no_champion = find_champion(Path(repo.root_dir), production_model, env)
     return Comparison(
         base=base,
         metrics=metrics,
         base_found=any(metric.base is not None for metric in metrics),
         champion=champion,
-        champion_missing=missing,
+        champion_missing=no_champion,
         invalid={names[path, name]: f"{what} in {path}" for (path, name), what in bad.items()},
+        base_missing=missing,
+    )
+
+
+def _unreadable(root: Path, base: Base, errors: Mapping[str, Exception] | None) -> str | None:
+    """Why the base's metrics files that its `dvc.lock` files record cannot be read (DVC found
+    them in neither git, the cache nor a remote); None when all could be, or none was produced."""
+    produced = {
+        out["path"]
+        for entry in _pipeline(root, base.commit).values()
+        for out in entry.get("outs", [])
+    }
+    lost = sorted(path for path in (errors or {}) if path in produced)
+    if not lost:
+        return None
+    return (
+        f"the base's metrics ({', '.join(lost)} at {base.ref}, {base.commit[:7]}) are in neither "
+        "git, this DVC cache nor its remote: run `dvc fetch --all-branches --type metrics` "
+        "with the remote that holds them, or `dvc push` from the base's build"
     )
 
 
@@ -197,25 +225,29 @@ def _shorten(value: object, width: int = 40) -> str:
 
 def changed_params(repo: Repo, base: Base) -> list[ParamChange]:
     """The params whose values differ from the base, from `dvc params diff`."""
-    diffs = repo.params.diff(a_rev=base.commit, b_rev=WORKSPACE).get("diff", {})
+    diffs = repo.params.diff(a_rev=base.commit, b_rev=WORKSPACE, all=True).get("diff", {})
     entries = {
         (path, name): entry for path, names in diffs.items() for name, entry in names.items()
     }
-    names = _qualified_names(list(entries))
-    return [ParamChange(names[key], e.get("old"), e.get("new")) for key, e in entries.items()]
+    names = qualified_names(entries)
+    return [
+        ParamChange(names[key], e.get("old"), e.get("new"))
+        for key, e in entries.items()
+        if e.get("old") != e.get("new")
+    ]
 
 
 def stage_changes(root: Path, base: Base) -> list[StageChange]:
-    """Each stage of the workspace's `dvc.lock` against the base's: reused, or rerun and why."""
-    current = _stages(_read_file(root / LOCK_FILE))
-    old = _stages(_git_show(root, base.commit, LOCK_FILE))
+    """Each stage of the workspace's `dvc.lock` files against the base's: reused, or rerun
+    and why."""
+    current, old = _pipeline(root, None), _pipeline(root, base.commit)
     producers = {
         out["path"]: name for name, entry in current.items() for out in entry.get("outs", [])
     }
     changes = []
     for name, entry in current.items():
         if name not in old:
-            changes.append(StageChange(name, "new", (f"not in {base.ref}'s {LOCK_FILE}",)))
+            changes.append(StageChange(name, "new", (f"not in {base.ref}'s {_lock_of(name)}",)))
             continue
         reasons = _why_rerun(entry, old[name], producers)
         changes.append(StageChange(name, "rerun" if reasons else "reused", tuple(reasons)))
@@ -231,12 +263,7 @@ def data_versions(root: Path, base: Base | None) -> tuple[str | None, str | None
 
 def _data_sources(root: Path, commit: str | None) -> list[tuple[str, str]]:
     """(path, md5) of the output of every `.dvc` file, in the workspace or in `commit`."""
-    if commit is None:
-        listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-        documents = {f: _read_file(root / f) for f in listed.stdout.split("\0") if _dvc(f)}
-    else:
-        listed = git(root, "ls-tree", "-r", "-z", "--name-only", commit)
-        documents = {f: _git_show(root, commit, f) for f in listed.stdout.split("\0") if _dvc(f)}
+    documents = _documents(root, commit, _dvc)
     return [
         (posixpath.join(posixpath.dirname(file), out["path"]), out["md5"])
         for file, document in documents.items()
@@ -245,8 +272,48 @@ def _data_sources(root: Path, commit: str | None) -> list[tuple[str, str]]:
     ]
 
 
+def _documents(root: Path, commit: str | None, wanted: Callable[[str], bool]) -> dict[str, Any]:
+    """The YAML document of every git file that is `wanted`, in the workspace or in `commit`."""
+    if commit is None:
+        listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        return {f: _read_file(root / f) for f in listed.stdout.split("\0") if wanted(f)}
+    listed = git(root, "ls-tree", "-r", "-z", "--name-only", commit)
+    return {f: _git_show(root, commit, f) for f in listed.stdout.split("\0") if wanted(f)}
+
+
 def _dvc(file: str) -> bool:
     return file.endswith(".dvc") and not file.startswith(".dvc/")
+
+
+def _lock(file: str) -> bool:
+    return posixpath.basename(file) == LOCK_FILE
+
+
+def _pipeline(root: Path, commit: str | None) -> dict[str, dict[str, Any]]:
+    """Every stage of every `dvc.lock`, in the workspace or in `commit`, by DVC's address
+    (`name` at the root, `folder/dvc.yaml:name` below it), with repository-relative paths."""
+    stages = {}
+    for file, lock in sorted(_documents(root, commit, _lock).items()):
+        folder = posixpath.dirname(file)
+        prefix = f"{posixpath.join(folder, PIPELINE_FILE)}:" if folder else ""
+        stages |= {prefix + name: _rooted(entry, folder) for name, entry in _stages(lock).items()}
+    return stages
+
+
+def _lock_of(stage: str) -> str:
+    """The `dvc.lock` that records `stage` (an address as `_pipeline` gives it)."""
+    folder = posixpath.dirname(stage.rpartition(":")[0])
+    return posixpath.join(folder, LOCK_FILE)
+
+
+def _rooted(entry: Mapping[str, Any], folder: str) -> dict[str, Any]:
+    """A lock entry with its deps' and outs' paths relative to the repository, not `folder`."""
+    moved = {
+        key: [{**item, "path": posixpath.join(folder, item["path"])} for item in entry[key]]
+        for key in ("deps", "outs")
+        if key in entry
+    }
+    return {**entry, **moved}
 
 
 def find_champion(
@@ -346,10 +413,13 @@ def _params(entry: Mapping[str, Any]) -> dict[str, object]:
     return {key: value for values in by_file for key, value in flatten(values).items()}
 
 
-def _qualified_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Plain names from one file, `file:name` from several: as `branchflow register` logs them."""
-    several = len({path for path, _ in keys}) > 1
-    return {(path, name): f"{path}:{name}" if several else name for path, name in keys}
+def qualified_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The name of each (file, key) of metrics or params: the key alone where no other file has
+    it, `file:key` where several do. The one naming rule: `branchflow register` logs these names
+    to MLflow, and the gate and report use them."""
+    keys = list(keys)
+    files = Counter(name for _, name in set(keys))
+    return {(path, name): f"{path}:{name}" if files[name] > 1 else name for path, name in keys}
 
 
 def _numbers(values: Mapping[str, object]) -> dict[str, float]:

@@ -65,7 +65,8 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
     """Apply every rule of `gate` to `comparison`: the one place a verdict is computed.
 
     A metric that is missing, or is not a finite number (NaN, a string...), fails: a rule
-    cannot pass on data it cannot judge.
+    cannot pass on data it cannot judge. So do the base rules when the base produced metrics
+    that cannot be read here; only a base that never produced any (a first run) skips them.
     """
     current = {m.name: m.value for m in comparison.metrics if m.value is not None}
     named = gate.metric_names()
@@ -87,6 +88,9 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
     if gate.max_drop_vs_base:
         if base is None:
             notes.append("no base ref given: max_drop_vs_base rules skipped")
+        elif comparison.base_missing:
+            text = f"max_drop_vs_base rules cannot be checked: {comparison.base_missing}"
+            checks.append(Check(False, text))
         elif not comparison.base_found:
             notes.append(f"no base metrics in {base.ref}: first run, comparison rules skipped")
         else:

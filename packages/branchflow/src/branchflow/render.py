@@ -209,6 +209,7 @@ _DOCUMENT = _record(
                     "commit": _pattern(COMMIT, "a commit"),
                     "data": _optional(_name),
                     "metrics_found": _boolean,
+                    "metrics_missing": _optional(_text),
                 }
             )
         ),
@@ -448,10 +449,14 @@ def _headline(metric: Mapping[str, Any], document: Mapping[str, Any]) -> str:
     if base is None:
         return fmt(value)
     if metric["change"] is None:
-        reason = "new metric" if base["metrics_found"] else "no base metrics: first run"
+        reason = "new metric" if base["metrics_found"] else _no_base_metrics(base)
         return f"{fmt(value)} ({reason})"
     change = describe_change(metric["change"], metric["higher_is_better"])
     return f"{fmt(value)} ({change} vs {_code(base['ref'])})"
+
+
+def _no_base_metrics(base: Mapping[str, Any]) -> str:
+    return "base metrics unreadable" if base["metrics_missing"] else "no base metrics: first run"
 
 
 def _header_section(document: Mapping[str, Any], run_url: str | None) -> str:
@@ -495,7 +500,10 @@ def _metrics_section(document: Mapping[str, Any]) -> str:
         unchanged = f", unchanged vs {html.escape(base['ref'])}" if found else ""
         lines += ["", f"<details><summary>{len(rest)} more metrics{unchanged}</summary>", ""]
         lines += [*_table(headers, rest), "", "</details>"]
-    if base and not found:
+    if base and base["metrics_missing"]:
+        missing = _sentence(base["metrics_missing"])
+        lines += ["", f"{_code(base['ref'])}'s metrics could not be read: {missing}."]
+    elif base and not found:
         lines += ["", f"{_code(base['ref'])} has no metrics: first run, nothing to compare with."]
     if champion is None:
         lines += ["", f"No champion: {_sentence(document['champion_missing'] or 'unknown')}."]

@@ -113,6 +113,7 @@ def _base(base: Base, data: str | None, comparison: Comparison) -> dict[str, Any
         "commit": base.commit,
         "data": _optional_name(data),
         "metrics_found": comparison.base_found,
+        "metrics_missing": _optional_text(comparison.base_missing),
     }
 
 

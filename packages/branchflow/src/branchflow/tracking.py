@@ -278,23 +278,22 @@ def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
 
 
 def _merge(repo: Any, shown: Mapping[str, Any]) -> dict[str, Any]:
-    """DVC's per-file params or metrics of the workspace, flattened into one mapping.
-
-    Keys carry their file (`file:key`) only when there are several files.
-    """
+    """DVC's per-file params or metrics of the workspace, flattened into one mapping by
+    `compare.qualified_names` (`file:key` only for a key that several files have)."""
     from dvc.utils.flatten import flatten
 
-    files = shown.get("", {}).get("data", {})
-    merged: dict[str, Any] = {}
-    for file, entry in files.items():
+    from branchflow.compare import qualified_names
+
+    values: dict[tuple[str, str], Any] = {}
+    for file, entry in shown.get("", {}).get("data", {}).items():
         error = entry.get("error")
         if isinstance(error, FileNotFoundError):
             raise BranchflowError(missing_output(repo, file))
         if error is not None:
             raise BranchflowError(f"{file}: DVC cannot read it ({error}); fix the file")
-        prefix = f"{file}:" if len(files) > 1 else ""
-        merged.update({prefix + k: v for k, v in flatten(entry.get("data", {})).items()})
-    return merged
+        values |= {(file, k): v for k, v in flatten(entry.get("data", {})).items()}
+    names = qualified_names(values)
+    return {names[key]: value for key, value in values.items()}
 
 
 def missing_output(repo: Any, path: str) -> str:

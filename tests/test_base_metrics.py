@@ -1,0 +1,143 @@
+"""Metric names that stay put, the base's metrics wherever DVC keeps them, and pipelines in
+subfolders: real git + DVC repositories, as a team's own DVC project lays them out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from branchflow.cli import main
+from branchflow.compare import compare, open_dvc, qualified_names
+from branchflow.gate import run_gate
+from branchflow.report import write_report
+from branchflow.tracking import read_snapshot
+from tests.conftest import sh
+from tests.metrics_project import clear_ci_env, make_pipelines_repo, set_params
+
+pytestmark = pytest.mark.e2e
+
+GATE = '[tool.branchflow.gate.max_drop_vs_base]\n"f1" = 0.05\n'
+
+
+@pytest.fixture(autouse=True)
+def no_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_ci_env(monkeypatch)
+
+
+def test_names_keep_their_key_and_only_colliding_keys_get_their_file() -> None:
+    keys = [("a.json", "f1"), ("a.json", "loss"), ("b.json", "f1"), ("b.json", "auc")]
+    assert qualified_names(keys) == {
+        ("a.json", "f1"): "a.json:f1",
+        ("a.json", "loss"): "loss",
+        ("b.json", "f1"): "b.json:f1",
+        ("b.json", "auc"): "auc",
+    }
+
+
+def test_a_second_metrics_file_leaves_the_first_ones_names_alone(tmp_path: Path) -> None:
+    repo = make_pipelines_repo(tmp_path / "repo", {"pipelines/train": {"f1": 0.9, "loss": 0.2}})
+    first = "pipelines/train/metrics.json"
+    assert read_snapshot(repo).metrics == {"f1": 0.9, "loss": 0.2}
+
+    (repo / "extra.json").write_text(json.dumps({"auc": 0.8, "loss": 0.3}))
+    (repo / "dvc.yaml").write_text("metrics:\n  - extra.json\n")
+    expected = {"f1": 0.9, f"{first}:loss": 0.2, "auc": 0.8, "extra.json:loss": 0.3}
+    assert read_snapshot(repo).metrics == expected
+    with open_dvc(repo) as dvc:
+        found = compare(dvc, None, "prod", {})
+    assert {m.name: m.value for m in found.metrics} == expected
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`main` with a DVC-cached `eval/metrics.json` (f1 0.9) pushed to a local remote; a branch
+    that lowers f1 to 0.88, reproduced."""
+    root = tmp_path_factory.mktemp("cached")
+    repo = make_pipelines_repo(root / "repo", {".": {"f1": 0.9}}, GATE)
+    sh("dvc", "push", "-q", "-r", "store", cwd=use_remote(repo))
+    sh("git", "checkout", "-q", "-b", "feature", cwd=repo)
+    set_params(repo, ".", f1=0.88)
+    return repo
+
+
+def use_remote(repo: Path) -> Path:
+    """Make `remote` beside `repo` its default DVC remote (in `.dvc/config.local`)."""
+    remote = repo.parent / "remote"
+    sh("dvc", "remote", "add", "-q", "-f", "--local", "-d", "store", remote, cwd=repo)
+    return repo
+
+
+def copy_project(repo: Path, to: Path) -> Path:
+    """`repo` with its remote beside it, as `cached` built them."""
+    shutil.copytree(repo.parent / "remote", to / "remote")
+    shutil.copytree(repo, to / "repo", symlinks=True)
+    return use_remote(to / "repo")
+
+
+def test_base_metrics_come_from_the_dvc_cache(cached: Path, tmp_path: Path) -> None:
+    repo = copy_project(cached, tmp_path)
+    shutil.rmtree(tmp_path / "remote")
+    verdict = run_gate(repo, "main", env={})
+    assert [c.text for c in verdict.checks] == [
+        "`f1` vs main: 0.9000 → 0.8800, within the 0.0500 drop allowed"
+    ]
+
+
+def test_base_metrics_come_from_the_remote_without_the_cache(cached: Path, tmp_path: Path) -> None:
+    repo = copy_project(cached, tmp_path)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    verdict = run_gate(repo, "main", env={})
+    assert verdict.passed, verdict.lines()
+    assert [c.text for c in verdict.checks] == [
+        "`f1` vs main: 0.9000 → 0.8800, within the 0.0500 drop allowed"
+    ]
+
+
+def test_unreachable_base_metrics_fail_the_gate_and_say_how_to_fetch_them(
+    cached: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = copy_project(cached, tmp_path)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(tmp_path / "remote")
+    main_sha = sh("git", "rev-parse", "--short=7", "main", cwd=repo).stdout.strip()
+    monkeypatch.chdir(repo)
+    result = CliRunner().invoke(main, ["gate", "--base", "main"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[:2] == [
+        "gate failed: 1 of 1 rules failed",
+        f"FAIL: max_drop_vs_base rules cannot be checked: the base's metrics (eval/metrics.json "
+        f"at main, {main_sha}) are in neither git, this DVC cache nor its remote: run `dvc fetch "
+        "--all-branches --type metrics` with the remote that holds them, or `dvc push` from "
+        "the base's build",
+    ]
+    assert "first run" not in result.output
+    result = CliRunner().invoke(main, ["report", "--base", "main", "--out", "report.md"])
+    assert result.exit_code == 0, result.output
+    report = (repo / "report.md").read_text()
+    assert "metrics could not be read: the base" in report
+    assert "first run" not in report
+
+
+def test_stage_table_covers_every_dvc_yaml_in_subfolders(tmp_path: Path) -> None:
+    folders = {"pipelines/train": {"f1": 0.9}, "pipelines/score": {"f1": 0.8, "auc": 0.7}}
+    repo = make_pipelines_repo(tmp_path / "repo", folders)
+    sh("git", "checkout", "-q", "-b", "feature", cwd=repo)
+    set_params(repo, "pipelines/score", auc=0.75)
+    write_report(repo, repo / "report.md", "main", env={})
+    document = yaml.safe_load((repo / "report.json").read_text())
+    assert document["stages"] == [
+        {
+            "stage": "pipelines/score/dvc.yaml:train",
+            "status": "rerun",
+            "reasons": ["param `train.auc` 0.7 → 0.75"],
+        },
+        {"stage": "pipelines/train/dvc.yaml:train", "status": "reused", "reasons": []},
+    ]
+    assert document["params"] == [{"name": "train.auc", "old": "0.7", "new": "0.75"}]
+    names = {m["name"] for m in document["metrics"]}
+    assert names == {"pipelines/score/metrics.json:f1", "pipelines/train/metrics.json:f1", "auc"}
