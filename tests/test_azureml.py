@@ -81,7 +81,7 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
         assert (code / "branchflow_wrapper.py").is_file()
     environment = load_environment(source=folder / "environment.yml")
     assert component.environment == f"{environment.name}:{environment.version}"
-    job = load_job(source=folder / "pipeline.yml")
+    job = load_job(source=folder / "pipeline-training.yml")
     assert isinstance(job, PipelineJob)
     assert job._validate().passed
     assert list(job.jobs) == STAGES
@@ -103,12 +103,8 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
     assert job.jobs["features"].resources.instance_count == 8
     assert "--shards" in load_component(source=folder / "components/features.yml").command
     binding = "${{parent.jobs.train.outputs.out_models_model_pt}}"
-    assert (
-        yaml.safe_load((folder / "pipeline.yml").read_text())["jobs"]["evaluate"]["inputs"][
-            "in_models_model_pt"
-        ]
-        == binding
-    )
+    jobs = yaml.safe_load((folder / "pipeline-training.yml").read_text())["jobs"]
+    assert jobs["evaluate"]["inputs"]["in_models_model_pt"] == binding
     # Nothing branch- or commit-dependent is committed: submit adds it.
     commit = sh("git", "rev-parse", "HEAD", cwd=compiled).stdout.strip()
     for path in folder.rglob("*.yml"):
@@ -128,7 +124,7 @@ def test_a_broken_mapping_fails_validation(compiled: Path, copy_repo) -> None:
     train.write_text(original)
 
     # A binding to an output that does not exist passes the SDK; our own check catches it.
-    pipeline = repo / OUT / "pipeline.yml"
+    pipeline = repo / OUT / "pipeline-training.yml"
     broken = pipeline.read_text().replace("train.outputs.out_models_model_pt", "train.outputs.oops")
     pipeline.write_text(broken)
     assert load_job(source=pipeline)._validate().passed
@@ -241,7 +237,7 @@ def test_a_foreach_group_becomes_sibling_nodes(tmp_path: Path) -> None:
     }
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     (repo / "pyproject.toml").write_text(
-        '[project]\nname = "fanout"\n\n'
+        '[project]\nname = "fanout"\ndependencies = ["pyyaml"]\n\n'
         "[tool.branchflow.azureml.stages.train]\ntimeout = 60\n\n"
         '[tool.branchflow.azureml.stages."train@large"]\ncompute = "big"\n'
     )
@@ -251,10 +247,10 @@ def test_a_foreach_group_becomes_sibling_nodes(tmp_path: Path) -> None:
     result = run_cli(repo, "azureml", "compile")
     assert result.exit_code == 0, result.output
 
-    jobs = load_job(source=repo / OUT / "pipeline.yml").jobs
+    jobs = load_job(source=repo / OUT / "pipeline-training.yml").jobs
     scores = [f"score_{model}_{split}" for model in ("small", "large") for split in "ab"]
     assert list(jobs) == ["prepare", "train_small", "train_large", *scores]
-    document = yaml.safe_load((repo / OUT / "pipeline.yml").read_text())["jobs"]
+    document = yaml.safe_load((repo / OUT / "pipeline-training.yml").read_text())["jobs"]
     for model in ("small", "large"):
         assert document[f"train_{model}"]["inputs"]["in_prepared_txt"] == (
             "${{parent.jobs.prepare.outputs.out_prepared_txt}}"
@@ -285,7 +281,7 @@ def test_the_nodes_reproduce_every_stage_byte_for_byte(
     features) runs as `shards` processes, one snapshot copy each, writing one output folder;
     with 3 shards the whole pipeline runs, train and evaluate included."""
     dag = read_dag(compiled)
-    pipeline = yaml.safe_load((compiled / OUT / "pipeline.yml").read_text())
+    pipeline = yaml.safe_load((compiled / OUT / "pipeline-training.yml").read_text())
     sharded = {n for n, job in pipeline["jobs"].items() if "resources" in job and n != "train"}
     assert sharded == {"frames", "features"}
     nodes = STAGES if shards == 3 else ["validate", "frames", "features"]

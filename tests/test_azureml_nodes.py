@@ -40,7 +40,7 @@ def code_hashes(repo: Path) -> dict[str, str]:
 
 
 def reuse_inputs(repo: Path) -> dict[str, object]:
-    jobs = yaml.safe_load((repo / OUT / "pipeline.yml").read_text())["jobs"]
+    jobs = yaml.safe_load((repo / OUT / "pipeline-training.yml").read_text())["jobs"]
     return {node: job["inputs"] for node, job in jobs.items()}
 
 
@@ -201,9 +201,16 @@ def make_subfolder_project(repo: Path) -> Path:
 def test_subfolder_pipelines_and_wdir_run_on_nodes_as_under_dvc(tmp_path: Path) -> None:
     repo = make_subfolder_project(tmp_path / "repo")
     compile_repo(repo)
-    pipeline = yaml.safe_load((repo / OUT / "pipeline.yml").read_text())
+    # A job per dvc.yaml, holding its stages and those upstream of them.
+    assert sorted(p.name for p in (repo / OUT).glob("pipeline-*.yml")) == [
+        "pipeline-score.yml",
+        "pipeline-train.yml",
+    ]
+    train = yaml.safe_load((repo / OUT / "pipeline-train.yml").read_text())
+    assert list(train["jobs"]) == ["pipelines_train_prepare"]
+    pipeline = yaml.safe_load((repo / OUT / "pipeline-score.yml").read_text())
     assert list(pipeline["jobs"]) == ["pipelines_train_prepare", "pipelines_score_score"]
-    assert load_job(source=repo / OUT / "pipeline.yml")._validate().passed
+    assert load_job(source=repo / OUT / "pipeline-score.yml")._validate().passed
     snapshot = repo / OUT / "snapshots/pipelines_train_prepare"
     assert yaml.safe_load((snapshot / "pipelines/train/params.yaml").read_text()) == {
         "prepare": {"factor": 3}

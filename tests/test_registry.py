@@ -144,10 +144,63 @@ def test_same_model_bytes_register_once(
     monkeypatch.setenv("BRANCHFLOW_BRANCH", "idempotent")
     result = CliRunner().invoke(main, ["register"])
     assert result.exit_code == 0, result.output
-    assert f"{first.model} version {first.version} already holds these model bytes" in result.output
+    assert (
+        f"{first.model} version {first.version} already holds this model package" in result.output
+    )
     assert len(client.search_model_versions(f"name = '{first.model}'")) == 1
     experiment = client.get_experiment_by_name(branch_names(repo, "idempotent").experiment)
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+PACKAGE_EDITS: dict[str, Callable[[Path], None]] = {
+    "signature": lambda repo: edit(
+        repo, "pyproject.toml", "shape = [-1] }", 'shape = [-1] }, name = "x"'
+    ),
+    "input_example": lambda repo: np.save(repo / EXAMPLE, np.array([0.2, 0.9])),
+    "pip_requirements": lambda repo: edit(repo, "pyproject.toml", '"numpy"]', '"numpy", "pyyaml"]'),
+    "python_model": lambda repo: edit(repo, "serve.py", "import json", "import json  # edited"),
+    "code_paths": lambda repo: edit(
+        repo,
+        "pyproject.toml",
+        'python_model = "serve.py"',
+        'python_model = "serve.py"\ncode_paths = ["serve.py"]',
+    ),
+}
+
+
+def edit(repo: Path, path: str, old: str, new: str) -> None:
+    text = (repo / path).read_text()
+    assert old in text
+    (repo / path).write_text(text.replace(old, new, 1))
+
+
+def test_a_change_to_the_package_but_not_the_weights_registers_a_version(
+    repo: Path, client: mlflow.MlflowClient
+) -> None:
+    """The registration key covers the whole package: each change is a new version; the same
+    package again is none."""
+    branch = "package/edits"
+    first = register(repo, on(branch))
+    for name, change in PACKAGE_EDITS.items():
+        change(repo)
+        registration = register(repo, on(branch))
+        assert registration.created, name
+        assert registration.model_sha256 == first.model_sha256, name
+    assert not register(repo, on(branch)).created
+    versions = client.search_model_versions(f"name = '{first.model}'")
+    assert len(versions) == 1 + len(PACKAGE_EDITS)
+    assert len({v.tags["package_sha256"] for v in versions}) == len(versions)
+
+
+def test_a_version_without_the_package_key_is_registered_once_more(
+    repo: Path, client: mlflow.MlflowClient
+) -> None:
+    """Versions registered before `package_sha256` (only `model_sha256`) are not matched."""
+    first = register(repo, on("package/old"))
+    client.delete_model_version_tag(first.model, first.version, "package_sha256")
+    second = register(repo, on("package/old"))
+    assert (second.created, second.version) == (True, "2")
+    assert not register(repo, on("package/old")).created
 
 
 def test_unreachable_server_fails_fast_in_one_line(repo: Path, client: mlflow.MlflowClient) -> None:

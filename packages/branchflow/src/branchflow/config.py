@@ -19,6 +19,8 @@ from typing import Any
 from branchflow.errors import BranchflowError
 
 PYPROJECT = "pyproject.toml"
+PIPELINES_SECTION = "[tool.branchflow.pipelines]"
+PIPELINE_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 NAME_PLACEHOLDERS = frozenset({"pipeline_type", "base", "branch"})
 DEFAULT_NAME_PATTERN = "{pipeline_type}_{base}_{branch}"
 GATE_SECTION = "[tool.branchflow.gate]"
@@ -57,16 +59,20 @@ MODEL_SECTION = "[tool.branchflow.model]"
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """`[tool.branchflow.model]`: how `branchflow register` packages the model as MLflow pyfunc.
+    """`[tool.branchflow.model]`: how `branchflow register` packages the model for MLflow.
 
-    Paths are relative to the project root. `python_model` is an MLflow "model from code" file
-    (it calls `mlflow.models.set_model`); `signature` is MLflow's MLmodel signature (`inputs`,
-    `outputs`); `key_metrics` are copied into each registered version's tags. Without
-    `pip_requirements`, a project with a lock pins `[project].dependencies` plus `lock_groups`
-    from it, and one without lets MLflow infer them.
+    Paths are relative to the project root. `flavor` is `pyfunc` (the default when
+    `python_model` is given: an MLflow "model from code" file that calls
+    `mlflow.models.set_model`, with `artifacts` as its named files), `sklearn` (the one
+    artifact is a pickled or joblib estimator) or `pytorch` (the one artifact is a
+    `torch.save`d model or a TorchScript file). `signature` is MLflow's MLmodel signature
+    (`inputs`, `outputs`); `key_metrics` are copied into each registered version's tags.
+    Without `pip_requirements`, a project with a lock pins `[project].dependencies` plus
+    `lock_groups` from it, and one without lets MLflow infer them.
     """
 
-    python_model: str
+    flavor: str = "pyfunc"
+    python_model: str | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)
     code_paths: tuple[str, ...] = ()
     input_example: str | None = None
@@ -77,6 +83,8 @@ class ModelSettings:
 
 
 MODEL_KEYS = tuple(f.name for f in fields(ModelSettings))
+FLAVORS = ("pyfunc", "sklearn", "pytorch")
+SAVED_MODEL = {"sklearn": "a pickled estimator", "pytorch": "a torch.save or TorchScript file"}
 
 
 AZUREML_SECTION = "[tool.branchflow.azureml]"
@@ -192,6 +200,7 @@ class Settings:
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     model: ModelSettings | None = None
     drift: DriftSettings = field(default_factory=DriftSettings)
+    pipelines: Mapping[str, str] = field(default_factory=dict)  # dvc.yaml path -> its name
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
@@ -203,7 +212,7 @@ def load_settings(root: Path) -> Settings:
     document = _read_toml(path)
     section = "[tool.branchflow]"
     table = _table(path, section, document.get("tool", {}).get("branchflow", {}), KNOWN_KEYS)
-    tables = ("gate", "model", "azureml", "drift")
+    tables = ("gate", "model", "azureml", "drift", "pipelines")
     values = {key: _string(path, key, value) for key, value in table.items() if key not in tables}
     base = values.get("base_name") or _default_base_name(document, root)
     settings = Settings(
@@ -216,9 +225,27 @@ def load_settings(root: Path) -> Settings:
         model=_model_settings(path, table.get("model")),
         azureml=_azureml_settings(path, table.get("azureml", {}), base),
         drift=_drift_settings(path, table.get("drift", {})),
+        pipelines=_pipeline_names(path, table.get("pipelines", {})),
     )
     _check_pattern(path, settings.name_pattern)
     return settings
+
+
+def _pipeline_names(path: Path, table: object) -> dict[str, str]:
+    """`[tool.branchflow.pipelines]`: `"<folder>/dvc.yaml" = "<name>"`, a name per pipeline."""
+    names = _table(path, PIPELINES_SECTION, table)
+    for dvcfile, name in names.items():
+        if Path(dvcfile).name != "dvc.yaml" or not isinstance(name, str):
+            raise BranchflowError(
+                f"{path}: {PIPELINES_SECTION} maps a dvc.yaml path to a name, got "
+                f"{dvcfile!r} = {name!r}"
+            )
+        if not PIPELINE_NAME.fullmatch(name):
+            raise BranchflowError(
+                f"{path}: {PIPELINES_SECTION} {dvcfile!r}: the name {name!r} must be lowercase "
+                "letters, digits and '-', starting with a letter"
+            )
+    return dict(names)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -283,11 +310,6 @@ def _model_settings(path: Path, table: object) -> ModelSettings | None:
     if table is None:
         return None
     table = _table(path, MODEL_SECTION, table, MODEL_KEYS)
-    if "python_model" not in table:
-        raise BranchflowError(
-            f"{path}: {MODEL_SECTION} needs python_model = the file that calls "
-            "mlflow.models.set_model(...)"
-        )
     artifacts = table.get("artifacts", {})
     if not isinstance(artifacts, dict) or not all(
         isinstance(value, str) and value for value in artifacts.values()
@@ -295,6 +317,7 @@ def _model_settings(path: Path, table: object) -> ModelSettings | None:
         raise BranchflowError(
             f"{path}: {MODEL_SECTION} artifacts must be a table of name = path, got {artifacts!r}"
         )
+    flavor = _flavor(path, table)
     signature = table.get("signature")
     if signature is not None and (not isinstance(signature, dict) or "inputs" not in signature):
         raise BranchflowError(
@@ -302,8 +325,10 @@ def _model_settings(path: Path, table: object) -> ModelSettings | None:
             f"as in an MLmodel file; got {signature!r}"
         )
     example, pip = table.get("input_example"), table.get("pip_requirements")
+    serve = table.get("python_model")
     return ModelSettings(
-        python_model=_string(path, "model.python_model", table["python_model"]),
+        flavor=flavor,
+        python_model=None if serve is None else _string(path, "model.python_model", serve),
         artifacts=artifacts,
         code_paths=_strings(path, "model.code_paths", table.get("code_paths", [])),
         input_example=None if example is None else _string(path, "model.input_example", example),
@@ -312,6 +337,31 @@ def _model_settings(path: Path, table: object) -> ModelSettings | None:
         lock_groups=_strings(path, "model.lock_groups", table.get("lock_groups", [])),
         key_metrics=_strings(path, "model.key_metrics", table.get("key_metrics", [])),
     )
+
+
+def _flavor(path: Path, table: dict[str, Any]) -> str:
+    """The table's flavor, once its other keys fit it."""
+    flavor = table.get("flavor", "pyfunc")
+    if flavor not in FLAVORS:
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}"
+        )
+    if flavor == "pyfunc" and "python_model" not in table:
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} needs python_model = the file that calls "
+            'mlflow.models.set_model(...), or flavor = "sklearn" or "pytorch"'
+        )
+    if flavor != "pyfunc" and "python_model" in table:
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} python_model is for flavor pyfunc; drop it, or set "
+            'flavor = "pyfunc"'
+        )
+    if flavor != "pyfunc" and len(table.get("artifacts", {})) != 1:
+        raise BranchflowError(
+            f"{path}: {MODEL_SECTION} flavor {flavor} needs one artifact, {SAVED_MODEL[flavor]}: "
+            'artifacts = { model = "<path>" }'
+        )
+    return flavor
 
 
 def _string(path: Path, key: str, value: object) -> str:

@@ -7,9 +7,10 @@ tag `branchflow.move.<UTC time>.<id>` of the production model, which `history` r
 
 Concurrency and crashes (MLflow offers no compare-and-set, so):
 
-- Registering: the version with the lowest number among those tagged with the model's sha256
-  wins. A `register` that finds its new version beaten by a lower one deletes its version and
-  its run and reports the winner, so N concurrent registers of the same bytes leave one.
+- Registering: the version with the lowest number among those tagged with the package's
+  sha256 (`package_sha256`: everything the logged model holds) wins. A `register` that finds
+  its new version beaten by a lower one deletes its version and its run and reports the
+  winner, so N concurrent registers of the same package leave one.
 - Moving `champion`: under a lock, the registered model `<production>.lock`, which only one
   process can create (the server answers RESOURCE_ALREADY_EXISTS to the others, who wait up to
   `LOCK_WAIT_S`). It carries its holder (`host:pid`), a lease and a token; a lock whose holder
@@ -31,11 +32,13 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import hashlib
+import importlib
 import json
 import os
 import re
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from branchflow.config import MODEL_SECTION, ModelSettings, Settings, load_settings
+from branchflow.config import MODEL_SECTION, SAVED_MODEL, ModelSettings, Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements, has_lock
@@ -72,7 +75,9 @@ if TYPE_CHECKING:
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-MODEL_SHA_TAG = "model_sha256"
+MODEL_SHA_TAG = "model_sha256"  # the artifacts' bytes, for people
+PACKAGE_SHA_TAG = "package_sha256"  # the registration key: see `package_sha256`
+FLAVOR_PACKAGES = {"sklearn": ("sklearn", "scikit-learn"), "pytorch": ("torch", "torch")}
 MOVE_TAG_PREFIX = "branchflow.move."
 PENDING = "pending"  # in a move record until its alias has moved
 MODEL_ARTIFACT = "model"
@@ -86,13 +91,14 @@ MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<ver
 
 @dataclass(frozen=True)
 class Registration:
-    """The branch model version that holds the workspace's model bytes."""
+    """The branch model version that holds the workspace's model package."""
 
     model: str
     version: str
-    created: bool  # False: an earlier version already held these bytes
+    created: bool  # False: an earlier version already held this package
     run_id: str | None
     model_sha256: str
+    package_sha256: str
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     """Log a run of the workspace's DVC state and register its model as the branch candidate.
 
     Every precondition (settings, files, metrics, a reachable server) is checked before
-    anything is written; the same model bytes on the same branch register nothing new.
+    anything is written; the same model package on the same branch registers nothing new.
     """
     import mlflow
 
@@ -151,8 +157,8 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     model = _model_settings(settings)
     context = resolve_context(root, env, settings)
     names = names_for(context, settings)
-    example = [model.input_example] if model.input_example else []
-    files = [*model.artifacts.values(), model.python_model, *model.code_paths, *example]
+    named = [path for path in (model.python_model, model.input_example) if path]
+    files = [*model.artifacts.values(), *named, *model.code_paths]
     snapshot = read_snapshot(root, files)
     unknown = [key for key in model.key_metrics if key not in snapshot.metrics]
     if unknown:
@@ -162,6 +168,7 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
         )
     package = _package(root, model)
     sha = artifacts_sha256(root, model.artifacts)
+    key = package_sha256(root, model, package["pip_requirements"])
     store = store_for(root, env)
     client = connect(store)
     with mlflow_errors(store):
@@ -169,28 +176,29 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
             client, names.experiment, context.branch, settings.base_name, store
         )
         end_orphans(client, experiment)
-        held = _first_holder(client, names.model, sha)
+        held = _first_holder(client, names.model, key)
         if held:
             client.set_registered_model_alias(names.model, CANDIDATE, held.version)
-            return Registration(names.model, held.version, False, held.run_id, sha)
+            return Registration(names.model, held.version, False, held.run_id, sha, key)
         tags = run_tags(context, snapshot)
         with mlflow.start_run(
             experiment_id=experiment,
             run_name=names.run_name,
             tags={**tags, **lease_tags(RUN_LEASE_S)},
         ) as run:
-            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **package)
+            flavor = importlib.import_module(f"mlflow.{model.flavor}")
+            info = flavor.log_model(name=MODEL_ARTIFACT, **package)
             log_snapshot(root, snapshot, info.model_id)  # after the model: metrics link to it
         key_metrics = {f"metric.{key}": str(snapshot.metrics[key]) for key in model.key_metrics}
-        tags = {**tags, MODEL_SHA_TAG: sha, **key_metrics}
+        tags = {**tags, MODEL_SHA_TAG: sha, PACKAGE_SHA_TAG: key, **key_metrics}
         version = mlflow.register_model(info.model_uri, names.model, tags=tags)
-        winner = _first_holder(client, names.model, sha) or version
-        if winner.version != version.version:  # a concurrent register of these bytes came first
+        winner = _first_holder(client, names.model, key) or version
+        if winner.version != version.version:  # a concurrent register of this package came first
             client.delete_model_version(names.model, version.version)
             client.delete_run(run.info.run_id)
         client.set_registered_model_alias(names.model, CANDIDATE, winner.version)
     created = winner.version == version.version
-    return Registration(names.model, winner.version, created, winner.run_id, sha)
+    return Registration(names.model, winner.version, created, winner.run_id, sha, key)
 
 
 def promote(
@@ -304,37 +312,109 @@ def prune(
 
 def artifacts_sha256(root: Path, artifacts: Mapping[str, str]) -> str:
     """sha256 of the model's files: of the file itself when there is one, else of a manifest."""
-    files = sorted(
-        (key, file)
-        for key, path in artifacts.items()
-        for file in ([root / path] if (root / path).is_file() else (root / path).rglob("*"))
-        if file.is_file()
-    )
-    digests = [[key, file.relative_to(root).as_posix(), file_sha256(file)] for key, file in files]
+    digests = _digests(root, artifacts)
     if len(digests) == 1:
         return digests[0][2]
     return hashlib.sha256(json.dumps(digests).encode()).hexdigest()
 
 
+def package_sha256(root: Path, model: ModelSettings, requirements: list[str] | None) -> str:
+    """The registration key: sha256 of everything the logged package holds, that is the flavor,
+    the bytes of the artifacts, python_model, code_paths and input example, the signature and
+    the pip requirements (None: MLflow infers them, and they are not in the key)."""
+    named = {f"artifacts.{key}": path for key, path in model.artifacts.items()}
+    named |= {f"code_paths.{index}": path for index, path in enumerate(model.code_paths)}
+    named |= {"python_model": model.python_model, "input_example": model.input_example}
+    contents = {
+        "flavor": model.flavor,
+        "files": _digests(root, {key: path for key, path in named.items() if path}),
+        "signature": model.signature,
+        "pip_requirements": requirements,
+    }
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
+
+
+def _digests(root: Path, named: Mapping[str, str]) -> list[list[str]]:
+    """`[name, path, sha256]` of each file of `named` (a folder: every file under it, without
+    `__pycache__`, whose bytes change with every checkout), sorted."""
+    files = sorted(
+        (key, file)
+        for key, path in named.items()
+        for file in ([root / path] if (root / path).is_file() else (root / path).rglob("*"))
+        if file.is_file() and "__pycache__" not in file.relative_to(root).parts
+    )
+    return [[key, file.relative_to(root).as_posix(), file_sha256(file)] for key, file in files]
+
+
 def _model_settings(settings: Settings) -> ModelSettings:
     if settings.model is None or not settings.model.artifacts:
         raise BranchflowError(
-            f"pyproject.toml: {MODEL_SECTION} with python_model and artifacts is needed to "
-            "register a model; add it (see the README)"
+            f"pyproject.toml: {MODEL_SECTION} with artifacts (and python_model, or a flavor) is "
+            "needed to register a model; add it (see docs/registry.md)"
         )
     return settings.model
 
 
 def _package(root: Path, model: ModelSettings) -> dict[str, Any]:
-    """Arguments for `mlflow.pyfunc.log_model` (a model from code), checked up front."""
-    return {
-        "python_model": str(root / model.python_model),
-        "artifacts": {key: str(root / path) for key, path in model.artifacts.items()},
+    """Arguments for the flavor's `log_model`, checked up front."""
+    common = {
         "code_paths": [str(root / path) for path in model.code_paths] or None,
         "input_example": _input_example(root, model.input_example),
         "signature": _signature(model.signature),
         "pip_requirements": _requirements(root, model),
     }
+    if model.flavor == "sklearn":
+        return {**common, "sk_model": _saved_model(root, model)}
+    if model.flavor == "pytorch":
+        # pickle: what torch.save wrote, for TorchScript too (pt2 needs torch.export to succeed)
+        return {
+            **common,
+            "pytorch_model": _saved_model(root, model),
+            "serialization_format": "pickle",
+        }
+    return {
+        **common,
+        "python_model": str(root / (model.python_model or "")),
+        "artifacts": {key: str(root / path) for key, path in model.artifacts.items()},
+    }
+
+
+def _saved_model(root: Path, model: ModelSettings) -> Any:
+    """The sklearn or pytorch flavor's model, loaded from its one artifact. Loading a pickle
+    runs its code: only the file the project's own settings name is loaded."""
+    module, package = FLAVOR_PACKAGES[model.flavor]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise BranchflowError(
+            f"{MODEL_SECTION} flavor {model.flavor} needs the {package} package; add it to the "
+            "project's dependencies"
+        ) from None
+    (path,) = model.artifacts.values()
+    try:
+        return _load_estimator(root / path) if module == "sklearn" else _load_torch(root / path)
+    except Exception as exc:  # unpickling raises whatever the pickled code raises
+        raise BranchflowError(
+            f"{MODEL_SECTION} artifacts {path}: not {SAVED_MODEL[model.flavor]} ({exc})"
+        ) from None
+
+
+def _load_estimator(file: Path) -> Any:
+    """A pickled or joblib-dumped estimator (joblib reads both)."""
+    import joblib
+
+    return joblib.load(file)
+
+
+def _load_torch(file: Path) -> Any:
+    """A TorchScript file (its archive holds `constants.pkl`), else a whole `torch.save`d model."""
+    import torch
+
+    with zipfile.ZipFile(file) as archive:
+        scripted = any(name.endswith("/constants.pkl") for name in archive.namelist())
+    if scripted:
+        return torch.jit.load(file, map_location="cpu")
+    return torch.load(file, map_location="cpu", weights_only=False)
 
 
 def _requirements(root: Path, model: ModelSettings) -> list[str] | None:
@@ -392,9 +472,9 @@ def _registered_model(client: MlflowClient, name: str) -> RegisteredModel | None
         raise
 
 
-def _first_holder(client: MlflowClient, model: str, sha: str) -> ModelVersion | None:
-    """The lowest-numbered version of `model` that holds the model bytes `sha`."""
-    held = client.search_model_versions(f"name = '{model}' and tags.{MODEL_SHA_TAG} = '{sha}'")
+def _first_holder(client: MlflowClient, model: str, key: str) -> ModelVersion | None:
+    """The lowest-numbered version of `model` that holds the package `key` (`package_sha256`)."""
+    held = client.search_model_versions(f"name = '{model}' and tags.{PACKAGE_SHA_TAG} = '{key}'")
     return min(held, key=lambda version: int(version.version), default=None)
 
 
@@ -639,8 +719,8 @@ def describe(result: Registration | Move) -> str:
         if result.created:
             return f"registered {result.model} version {result.version} (alias {CANDIDATE})"
         return (
-            f"{result.model} version {result.version} already holds these model bytes "
-            f"(sha256 {result.model_sha256[:12]}); alias {CANDIDATE} points to it"
+            f"{result.model} version {result.version} already holds this model package "
+            f"(sha256 {result.package_sha256[:12]}); alias {CANDIDATE} points to it"
         )
     if result.from_version == result.to_version:
         return f"{result.model}@{result.alias} is already version {result.to_version}; no change"

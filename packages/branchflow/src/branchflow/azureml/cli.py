@@ -73,9 +73,13 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     help="Print the job as YAML, and on stderr what would be created; contact nothing.",
 )
 @click.option(
-    "--pipeline-type", default="training", show_default=True, help="Pipeline type for the names."
+    "--pipeline",
+    "pipeline_name",
+    help="The pipeline (a dvc.yaml) to submit; default: the only one, else training.",
 )
-def submit_command(out: str, wait: bool, timeout: float, dry_run: bool, pipeline_type: str) -> None:
+def submit_command(
+    out: str, wait: bool, timeout: float, dry_run: bool, pipeline_name: str | None
+) -> None:
     """Submit the compiled pipeline with this branch's experiment, display name and tags,
     after creating the computes, data assets and environment it needs that are missing."""
     from branchflow.azureml.submit import prepare, submit, workspace
@@ -83,7 +87,7 @@ def submit_command(out: str, wait: bool, timeout: float, dry_run: bool, pipeline
     root = Path.cwd()
     _check_out(out)
     ids = None if dry_run else workspace(os.environ)
-    submission = prepare(root, out, os.environ, pipeline_type)
+    submission = prepare(root, out, os.environ, pipeline_name)
     if ids is None:
         click.echo(submission.text, nl=False)
         for line in submission.plan():

@@ -27,8 +27,8 @@ from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
 from branchflow.config import AzureMLSettings, AzureMLStage, Settings, load_settings
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements
+from branchflow.pipelines import Pipeline, find_pipelines, pipeline_steps
 
-PIPELINE_FILE = "pipeline.yml"
 ENVIRONMENT_FILE = "environment.yml"
 CONDA_FILE = "conda.yml"
 COMPONENTS = "components"
@@ -67,9 +67,16 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
         files[f"{out}/{DATA}/{asset['name']}.yml"] = _dump(asset)
     for name in aml.computes:
         files[f"{out}/{COMPUTES}/{name}.yml"] = _dump(_compute(name, aml))
-    files[f"{out}/{PIPELINE_FILE}"] = _dump(_pipeline(dag, aml, stage_settings, settings.base_name))
+    for pipeline in find_pipelines(root, settings):
+        job = _pipeline(dag, pipeline, aml, stage_settings, settings.base_name)
+        files[f"{out}/{pipeline_file(pipeline.name)}"] = _dump(job)
     files[f"{out}/{GITIGNORE}"] = f"{HEADER}/{SNAPSHOTS}/\n"
     return Compiled(dag, files)
+
+
+def pipeline_file(name: str) -> str:
+    """The pipeline job of the pipeline `name`, in the output folder."""
+    return f"pipeline-{name}.yml"
 
 
 def data_asset_name(source: DataSource, base_name: str) -> str:
@@ -115,6 +122,7 @@ def _stale(root: Path, out: str, files: dict[str, str]) -> list[str]:
         for folder in (COMPONENTS, DATA, COMPUTES)
         for p in (root / out / folder).glob("*.yml")
     ]
+    found += [f"{out}/{p.name}" for p in (root / out).glob(pipeline_file("*"))]
     return sorted(path for path in found if path not in files)
 
 
@@ -222,21 +230,29 @@ def _command(step: Step, sharded: bool) -> str:
 
 
 def _pipeline(
-    dag: Dag, aml: AzureMLSettings, stages: dict[str, AzureMLStage], base_name: str
+    dag: Dag,
+    pipeline: Pipeline,
+    aml: AzureMLSettings,
+    stages: dict[str, AzureMLStage],
+    base_name: str,
 ) -> dict[str, Any]:
+    """The pipeline job of one dvc.yaml: its stages and those upstream of them."""
+    steps = pipeline_steps(dag, pipeline)
+    read = {item.producer_output for step in steps for item in step.inputs if not item.producer}
     inputs = {
         source.name: {
             "type": "uri_folder",
             "path": f"azureml:{data_asset_name(source, base_name)}:{source.md5}",
         }
         for source in dag.data
+        if source.name in read
     }
-    returned = [o.name for step in dag.steps for o in step.outputs if o.returned]
-    jobs = {step.node: _job(step, stages[step.node], aml) for step in dag.steps}
+    returned = [o.name for step in steps for o in step.outputs if o.returned]
+    jobs = {step.node: _job(step, stages[step.node], aml) for step in steps}
     return {
         "$schema": SCHEMA.format("pipelineJob"),
         "type": "pipeline",
-        "description": "The DVC pipeline of dvc.yaml, one node per stage.",
+        "description": f"The DVC pipeline of {pipeline.dvcfile}, one node per stage.",
         "settings": {"default_compute": f"azureml:{aml.compute}", "force_rerun": False},
         "inputs": inputs,
         "outputs": {name: {"type": "uri_folder"} for name in returned},

@@ -77,6 +77,7 @@ class Step:
 
     stage: str
     node: str
+    dvcfile: str  # the dvc.yaml that defines it, from the repository root
     cmd: tuple[str, ...]
     wdir: str
     inputs: tuple[Input, ...]
@@ -224,6 +225,7 @@ class _Reader:
         return Step(
             stage=sid,
             node=self.nodes[sid],
+            dvcfile=stage.path_in_repo,
             cmd=tuple(cmd),
             wdir=self._rel(stage.wdir),
             inputs=tuple(inputs.values()),

@@ -22,16 +22,17 @@ from branchflow.azureml.compile import (
     COMPUTES,
     DATA,
     ENVIRONMENT_FILE,
-    PIPELINE_FILE,
     compile_project,
     data_asset_name,
     diff_files,
+    pipeline_file,
 )
 from branchflow.azureml.upload import upload_source
 from branchflow.azureml.validate import validate
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
+from branchflow.pipelines import find_pipeline, pipeline_steps
 
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
 FAILED = frozenset({"Failed", "Canceled", "NotResponding"})
@@ -71,9 +72,10 @@ class Submission:
 
 
 def prepare(
-    root: Path, out: str, env: Mapping[str, str], pipeline_type: str = "training"
+    root: Path, out: str, env: Mapping[str, str], pipeline_name: str | None = None
 ) -> Submission:
-    """The committed pipeline with names, display name and tags for this checkout.
+    """The committed pipeline job of the pipeline `pipeline_name` (`find_pipeline`) with
+    names, display name and tags for this checkout.
 
     Refuses a pipeline that is out of date with dvc.yaml, so what runs is what DVC would run.
     """
@@ -84,9 +86,12 @@ def prepare(
             f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
         )
     validate(root, out, compiled.dag)
+    chosen = find_pipeline(root, settings, pipeline_name)
+    steps = pipeline_steps(compiled.dag, chosen)
     context = resolve_context(root, env, settings)
-    names = names_for(context, settings, pipeline_type)
-    pipeline = yaml.safe_load((root / out / PIPELINE_FILE).read_text(encoding="utf-8"))
+    names = names_for(context, settings, chosen.name)
+    job_file = root / out / pipeline_file(chosen.name)
+    pipeline = yaml.safe_load(job_file.read_text(encoding="utf-8"))
     for job in pipeline["jobs"].values():
         job["component"] = str((root / out / job["component"]).resolve())
     tags = {
@@ -107,7 +112,8 @@ def prepare(
         "tags": {key: value for key, value in tags.items() if value is not None},
         **pipeline,
     }
-    returned = {o.name: o.path for step in compiled.dag.steps for o in step.outputs if o.returned}
+    returned = {o.name: o.path for step in steps for o in step.outputs if o.returned}
+    read = {item.producer_output for step in steps for item in step.inputs if not item.producer}
     prefix = settings.azureml.data_prefix
     data = tuple(
         DataUpload(
@@ -117,6 +123,7 @@ def prepare(
             prefix=f"{prefix}/{source.md5}",
         )
         for source in compiled.dag.data
+        if source.name in read
     )
     return Submission(
         text=yaml.safe_dump(document, sort_keys=False, width=1000),
@@ -170,7 +177,7 @@ def submit(
             log(f"registering environment {environment.name}:{environment.version}")
             client.environments.create_or_update(environment)
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / PIPELINE_FILE
+            path = Path(folder) / "pipeline.yml"
             path.write_text(submission.text, encoding="utf-8")
             job = client.jobs.create_or_update(load_job(source=path))
         log(f"submitted {job.name}: {job.studio_url}")

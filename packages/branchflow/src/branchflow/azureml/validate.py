@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from branchflow.azureml.compile import COMPONENTS, COMPUTES, DATA, ENVIRONMENT_FILE, PIPELINE_FILE
+from branchflow.azureml.compile import COMPONENTS, COMPUTES, DATA, ENVIRONMENT_FILE, pipeline_file
 from branchflow.azureml.dag import Dag
 from branchflow.azureml.snapshot import write_snapshots
 from branchflow.errors import BranchflowError
@@ -41,7 +41,8 @@ def validate(root: Path, out: str, dag: Dag) -> None:
         f"./{COMPONENTS}/{path.name}": _yaml(path)
         for path in sorted((folder / COMPONENTS).glob("*.yml"))
     }
-    problems += check_pipeline(_yaml(folder / PIPELINE_FILE), components)
+    for path in sorted(folder.glob(pipeline_file("*"))):
+        problems += [f"{path.name}: {p}" for p in check_pipeline(_yaml(path), components)]
     if problems:
         raise BranchflowError(f"{out} does not validate: {'; '.join(problems)}")
 
@@ -141,7 +142,8 @@ def _sdk_problems(folder: Path) -> list[str]:
         for path in sorted((folder / COMPONENTS).glob("*.yml")):
             _load(problems, load_component, path)
         if not problems:  # a broken component breaks the SDK's own error report of the job
-            _load(problems, load_job, folder / PIPELINE_FILE)
+            for path in sorted(folder.glob(pipeline_file("*"))):
+                _load(problems, load_job, path)
     return problems
 
 

@@ -1,0 +1,117 @@
+"""A project's pipelines: one per `dvc.yaml`, each with its own name, PR build and Azure ML job.
+
+A pipeline is named `training` for the root `dvc.yaml` and by its folder otherwise
+(`pipelines/scoring/dvc.yaml` is `scoring`), unless `[tool.branchflow.pipelines]` names it.
+The name is the pipeline type in every name branchflow derives (`<type>_<base>_<branch>`).
+
+`watched_paths` lists what a pipeline's PR build must watch: a change to any other file cannot
+change what `dvc repro` of that pipeline does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from branchflow.azureml.dag import Dag, Step
+from branchflow.config import PIPELINE_NAME, PIPELINES_SECTION, Settings
+from branchflow.context import git
+from branchflow.errors import BranchflowError
+
+ROOT_PIPELINE = "training"
+DVCFILE = "dvc.yaml"
+# What every pipeline's build also depends on: how the project installs.
+PROJECT_FILES = ("pyproject.toml", "uv.lock", "requirements.txt")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    dvcfile: str  # from the repository root
+
+    @property
+    def lockfile(self) -> str:
+        return str(PurePosixPath(self.dvcfile).with_name("dvc.lock"))
+
+
+def find_pipelines(root: Path, settings: Settings) -> tuple[Pipeline, ...]:
+    """Every `dvc.yaml` git knows of, the root one first."""
+    listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    dvcfiles = sorted(
+        (f for f in listed.stdout.split("\0") if PurePosixPath(f).name == DVCFILE),
+        key=lambda f: (f != DVCFILE, f),
+    )
+    unknown = sorted(set(settings.pipelines) - set(dvcfiles))
+    if unknown:
+        raise BranchflowError(
+            f"{PIPELINES_SECTION} names {', '.join(unknown)}, which git does not know; "
+            f"dvc.yaml files: {', '.join(dvcfiles) or 'none'}"
+        )
+    found = tuple(Pipeline(settings.pipelines.get(f) or _default_name(f), f) for f in dvcfiles)
+    names = [p.name for p in found]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise BranchflowError(
+            f"several dvc.yaml files are the pipeline {', '.join(twice)}; name them in "
+            f"{PIPELINES_SECTION}"
+        )
+    return found
+
+
+def find_pipeline(root: Path, settings: Settings, name: str | None) -> Pipeline:
+    """The pipeline called `name`; without a name, the project's only one or `training`."""
+    found = find_pipelines(root, settings)
+    if name is None and len(found) == 1:
+        return found[0]
+    wanted = name or ROOT_PIPELINE
+    for pipeline in found:
+        if pipeline.name == wanted:
+            return pipeline
+    raise BranchflowError(
+        f"no pipeline {wanted!r}; pipelines: {', '.join(p.name for p in found) or 'none'} "
+        "(one per dvc.yaml); pass --pipeline"
+    )
+
+
+def pipeline_steps(dag: Dag, pipeline: Pipeline) -> tuple[Step, ...]:
+    """The steps of `pipeline`'s dvc.yaml and the steps upstream of them, in run order."""
+    by_node = {step.node: step for step in dag.steps}
+    wanted = {step.node for step in dag.steps if step.dvcfile == pipeline.dvcfile}
+    pending = list(wanted)
+    while pending:
+        for item in by_node[pending.pop()].inputs:
+            if item.producer and item.producer not in wanted:
+                wanted.add(item.producer)
+                pending.append(item.producer)
+    return tuple(step for step in dag.steps if step.node in wanted)
+
+
+def watched_paths(root: Path, dag: Dag, pipeline: Pipeline) -> tuple[str, ...]:
+    """What the pipeline's PR build watches (GitHub `paths` filters): its dvc.yaml and
+    dvc.lock, the code, params and `.dvc` files its stages and their upstream stages read,
+    and the project's install files. A folder is watched as `<folder>/**`."""
+    steps = pipeline_steps(dag, pipeline)
+    origins = {source.path: source.dvcfile for source in dag.data}
+    paths = {
+        pipeline.dvcfile,
+        pipeline.lockfile,
+        *(f for f in PROJECT_FILES if (root / f).is_file()),
+    }
+    for step in steps:
+        paths |= {step.dvcfile, str(PurePosixPath(step.dvcfile).with_name("dvc.lock"))}
+        paths |= {params.path for params in step.params}
+        paths |= {origins[i.path] for i in step.inputs if i.producer is None}
+        paths |= {f"{p}/**" if (root / p).is_dir() else p for p in step.snapshot_paths}
+    return tuple(sorted(paths))
+
+
+def _default_name(dvcfile: str) -> str:
+    folder = PurePosixPath(dvcfile).parent
+    if folder == PurePosixPath("."):
+        return ROOT_PIPELINE
+    name = folder.name.lower().replace("_", "-")
+    if not PIPELINE_NAME.fullmatch(name):
+        raise BranchflowError(
+            f"{dvcfile}: its folder gives no valid pipeline name; name it in {PIPELINES_SECTION}"
+        )
+    return name

@@ -1,0 +1,139 @@
+"""Several pipelines per repository: one per dvc.yaml, each with its own name and the paths its
+PR build watches."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from branchflow.azureml.dag import read_dag
+from branchflow.config import load_settings
+from branchflow.errors import BranchflowError
+from branchflow.pipelines import find_pipeline, find_pipelines, pipeline_steps, watched_paths
+from tests.conftest import init_repo, project_files, sh
+
+
+def make_two_pipelines(repo: Path, pyproject: str = "") -> Path:
+    """A training pipeline at the root and an independent scoring one in a subfolder; both use
+    `common.py`, and scoring reads a second `.dvc` data source."""
+    files = {
+        "pyproject.toml": f'[project]\nname = "two"\n{pyproject}',
+        "common.py": "SCALE = 2\n",
+        "train.py": "import common\n",
+        "lib/helpers/util.py": "X = 1\n",
+        "params.yaml": "train:\n  lr: 0.1\n",
+        "dvc.yaml": """
+            stages:
+              train:
+                cmd: python train.py && echo model > model.txt
+                deps: [train.py, common.py, lib/helpers, data/train.txt]
+                params: [train.lr]
+                outs: [model.txt]
+        """,
+        "pipelines/scoring/score.py": "import common\n",
+        "pipelines/scoring/dvc.yaml": """
+            stages:
+              score:
+                wdir: ../..
+                cmd: python pipelines/scoring/score.py && cat data/batch.txt > scores.txt
+                deps: [pipelines/scoring/score.py, common.py, data/batch.txt]
+                outs: [scores.txt]
+        """,
+        "README.md": "docs\n",
+        "tests/test_x.py": "def test_x(): pass\n",
+    }
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(textwrap.dedent(text).lstrip())
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    for name in ("train", "batch"):
+        (repo / "data").mkdir(exist_ok=True)
+        (repo / f"data/{name}.txt").write_text(f"{name} rows\n")
+        sh("dvc", "add", "-q", f"data/{name}.txt", cwd=repo)
+    return init_repo(repo)
+
+
+def github_glob(pattern: str) -> re.Pattern[str]:
+    """GitHub's `paths` filter syntax: `**` crosses folders, `*` does not."""
+    parts = re.split(r"(\*\*/?|\*)", pattern)
+    table = {"**": ".*", "**/": "(?:.*/)?", "*": "[^/]*"}
+    return re.compile("".join(table.get(part, re.escape(part)) for part in parts))
+
+
+def builds_for(root: Path, changed: str) -> set[str]:
+    """The pipelines whose PR build a change to `changed` starts."""
+    dag = read_dag(root)
+    return {
+        pipeline.name
+        for pipeline in find_pipelines(root, load_settings(root))
+        if any(github_glob(p).fullmatch(changed) for p in watched_paths(root, dag, pipeline))
+    }
+
+
+def test_each_dvc_yaml_is_a_pipeline_named_by_its_folder(tmp_path: Path) -> None:
+    repo = make_two_pipelines(tmp_path / "repo")
+    found = find_pipelines(repo, load_settings(repo))
+    assert [(p.name, p.dvcfile) for p in found] == [
+        ("training", "dvc.yaml"),
+        ("scoring", "pipelines/scoring/dvc.yaml"),
+    ]
+    steps = pipeline_steps(read_dag(repo), found[1])
+    assert [s.stage for s in steps] == ["pipelines/scoring/dvc.yaml:score"]
+    assert find_pipeline(repo, load_settings(repo), None).name == "training"
+    with pytest.raises(BranchflowError, match="no pipeline 'score'; pipelines: training, scoring"):
+        find_pipeline(repo, load_settings(repo), "score")
+
+
+def test_a_change_starts_only_the_builds_of_the_pipelines_it_can_change(tmp_path: Path) -> None:
+    repo = make_two_pipelines(tmp_path / "repo")
+    expected = {
+        "train.py": {"training"},
+        "params.yaml": {"training"},
+        "data/train.txt.dvc": {"training"},
+        "lib/helpers/util.py": {"training"},
+        "dvc.yaml": {"training"},
+        "dvc.lock": {"training"},
+        "pipelines/scoring/score.py": {"scoring"},
+        "pipelines/scoring/dvc.yaml": {"scoring"},
+        "data/batch.txt.dvc": {"scoring"},
+        "common.py": {"training", "scoring"},
+        "pyproject.toml": {"training", "scoring"},
+        "README.md": set(),
+        "tests/test_x.py": set(),
+    }
+    assert {path: builds_for(repo, path) for path in expected} == expected
+
+
+def test_the_example_has_one_pipeline_that_watches_what_it_runs() -> None:
+    root = Path(__file__).resolve().parents[1]
+    pipeline = find_pipeline(root, load_settings(root), "training")
+    watched = watched_paths(root, read_dag(root), pipeline)
+    assert pipeline.name == "training"
+    assert {"dvc.yaml", "dvc.lock", "params.yaml", "data.dvc", "uv.lock"} <= set(watched)
+    assert {"src/badpixels/train.py", "src/badpixels/stage.py"} <= set(watched)
+    assert not [p for p in watched if p.startswith(("tests/", "docs/", "benchmarks/"))]
+    assert set(watched) <= {*project_files(), *(p for p in watched if p.endswith("/**"))}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('"pipelines/scoring/dvc.yaml" = "batch"', None),
+        ('"pipelines/scoring/dvc.yaml" = "training"', "several dvc.yaml files are the pipeline"),
+        ('"elsewhere/dvc.yaml" = "x"', "names elsewhere/dvc.yaml, which git does not know"),
+        ('"pipelines/scoring/dvc.yaml" = "Bad Name"', "must be lowercase letters"),
+        ('"pipelines/scoring/params.yaml" = "x"', "maps a dvc.yaml path to a name"),
+    ],
+)
+def test_pipelines_may_be_named_in_config(tmp_path: Path, table: str, message: str | None) -> None:
+    repo = make_two_pipelines(tmp_path / "repo", f"\n[tool.branchflow.pipelines]\n{table}\n")
+    if message is None:
+        names = [p.name for p in find_pipelines(repo, load_settings(repo))]
+        assert names == ["training", "batch"]
+        return
+    with pytest.raises(BranchflowError, match=message):
+        find_pipelines(repo, load_settings(repo))
