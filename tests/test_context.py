@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.config import DRIFT_KEYS, KNOWN_KEYS, Settings, load_settings
+from branchflow.config import DRIFT_KEYS, KNOWN_KEYS, TABLES, Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
 from tests.conftest import BRANCHES, EVIL, hide_ci_variables
@@ -580,9 +580,8 @@ def test_settings_errors_name_the_file_and_key(tmp_path: Path, table: str, messa
 
 def test_every_setting_is_documented_with_its_default() -> None:
     docs = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
-    tables = {"gate", "model", "azureml", "drift"}
     for key in KNOWN_KEYS:
-        assert (f"`[tool.branchflow.{key}]`" if key in tables else f"| `{key}` |") in docs, key
+        assert (f"`[tool.branchflow.{key}]`" if key in TABLES else f"| `{key}` |") in docs, key
     for key in DRIFT_KEYS:
         assert f"| `{key}` |" in docs, key
 

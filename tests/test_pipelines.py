@@ -66,11 +66,14 @@ def github_glob(pattern: str) -> re.Pattern[str]:
 
 def builds_for(root: Path, changed: str) -> set[str]:
     """The pipelines whose PR build a change to `changed` starts."""
-    dag = read_dag(root)
+    dag, settings = read_dag(root), load_settings(root)
     return {
         pipeline.name
-        for pipeline in find_pipelines(root, load_settings(root))
-        if any(github_glob(p).fullmatch(changed) for p in watched_paths(root, dag, pipeline))
+        for pipeline in find_pipelines(root, settings)
+        if any(
+            github_glob(path).fullmatch(changed)
+            for path in watched_paths(root, dag, pipeline, settings.model)
+        )
     }
 
 
@@ -110,11 +113,14 @@ def test_a_change_starts_only_the_builds_of_the_pipelines_it_can_change(tmp_path
 
 def test_the_example_has_one_pipeline_that_watches_what_it_runs() -> None:
     root = Path(__file__).resolve().parents[1]
-    pipeline = find_pipeline(root, load_settings(root), "training")
-    watched = watched_paths(root, read_dag(root), pipeline)
-    assert pipeline.name == "training"
+    settings = load_settings(root)
+    pipeline = find_pipeline(root, settings, "training")
+    watched = watched_paths(root, read_dag(root), pipeline, settings.model)
     assert {"dvc.yaml", "dvc.lock", "params.yaml", "data.dvc", "uv.lock"} <= set(watched)
-    assert {"src/badpixels/train.py", "src/badpixels/stage.py"} <= set(watched)
+    # It registers the model, so it also watches the model's package: all of src/badpixels
+    # (code_paths), which holds every stage's code, and the input example.
+    assert {"src/badpixels/**", "data/examples/frames.npy"} <= set(watched)
+    assert not [p for p in watched if p.startswith("src/badpixels/") and not p.endswith("**")]
     assert not [p for p in watched if p.startswith(("tests/", "docs/", "benchmarks/"))]
     assert set(watched) <= {*project_files(), *(p for p in watched if p.endswith("/**"))}
 

@@ -18,9 +18,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from branchflow.azureml.dag import read_dag
 from branchflow.cli import main
 from branchflow.config import load_settings
+from branchflow.pipelines import find_pipelines, watched_paths
 from tests.conftest import ROOT, sh
+from tests.test_pipelines import github_glob
 
 GITHUB = ROOT / ".github"
 WORKFLOWS = sorted((GITHUB / "workflows").glob("*.yml"))
@@ -89,9 +92,55 @@ def zizmor(target: Path, *options: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_each_pipeline_build_watches_what_its_pipeline_reads() -> None:
+    """`pr-<pipeline>.yml` runs on a PR exactly when it touches what `dvc repro` of that
+    pipeline (and its model's package) reads, its own workflow or the setup action."""
+    settings = load_settings(ROOT)
+    dag = read_dag(ROOT)
+    for pipeline in find_pipelines(ROOT, settings):
+        workflow = f".github/workflows/pr-{pipeline.name}.yml"
+        paths = load(ROOT / workflow)["on"]["pull_request"]["paths"]
+        watched = watched_paths(ROOT, dag, pipeline, settings.model)
+        assert paths == sorted([*watched, ".github/actions/setup/**", workflow])
+
+
+@pytest.mark.parametrize(
+    ("changed", "builds"),
+    [
+        ("pipelines/scoring/model.json", {"pr-scoring.yml"}),  # a new pin: scoring only
+        ("data/batches/toy.dvc", {"pr-scoring.yml"}),
+        ("params.yaml", {"pr-training.yml"}),
+        ("data.dvc", {"pr-training.yml"}),
+        ("src/badpixels/train.py", {"pr-training.yml"}),
+        ("src/badpixels/score.py", {"pr-training.yml", "pr-scoring.yml"}),  # in the model too
+        ("uv.lock", {"pr-training.yml", "pr-scoring.yml"}),
+        ("docs/ci.md", set()),
+        ("tests/test_gate.py", set()),
+    ],
+)
+def test_a_change_starts_the_builds_of_the_pipelines_it_can_change(
+    changed: str, builds: set[str]
+) -> None:
+    started = {
+        path.name
+        for path in WORKFLOWS
+        if path.name.startswith("pr-") and "paths" in load(path)["on"].get("pull_request", {})
+        if any(github_glob(p).fullmatch(changed) for p in load(path)["on"]["pull_request"]["paths"])
+    }
+    assert started == builds
+
+
 def test_the_workflows_exist() -> None:
     names = {path.name for path in WORKFLOWS}
-    assert names == {"pr.yml", "pr-comment.yml", "dev.yml", "retrain.yml", "promote.yml"}
+    assert names == {
+        "pr.yml",
+        "pr-training.yml",
+        "pr-scoring.yml",
+        "pr-comment.yml",
+        "dev.yml",
+        "retrain.yml",
+        "promote.yml",
+    }
     assert [path.parent.name for path in ACTIONS] == ["setup"]
 
 
@@ -334,7 +383,7 @@ def pull_request(reproduced_repo: Path, copy_repo, tmp_path: Path) -> dict[str, 
         GITHUB_REF=f"refs/pull/{PR_NUMBER}/merge",
         GITHUB_REF_NAME=f"{PR_NUMBER}/merge",
         GITHUB_SHA=merge,
-        GITHUB_WORKFLOW="pr",
+        GITHUB_WORKFLOW="pr-training",
         GITHUB_JOB="pipeline",
     )
     contexts = {"github": {"event": event}, "secrets": {}}
@@ -361,11 +410,11 @@ def test_pr_checks_run_the_pipeline_checks(
 
 @pytest.mark.e2e
 def test_pr_job_commands_run_as_on_github(pull_request: dict[str, Any], tmp_path: Path) -> None:
-    """pr.yml's pipeline job from `dvc pull` to the gate, then pr-comment.yml's render step on
-    what the upload step uploads; only `uses:` steps and the post itself are not run here."""
+    """pr-training.yml's pipeline job from `dvc pull` to the gate, then pr-comment.yml's render
+    step on what the upload step uploads; only `uses:` steps and the post itself are not run."""
     repo = pull_request["repo"]
     results = run_job(
-        "pr.yml",
+        "pr-training.yml",
         "pipeline",
         "Pull the toy data",
         "Gate",
@@ -373,7 +422,7 @@ def test_pr_job_commands_run_as_on_github(pull_request: dict[str, Any], tmp_path
         pull_request["env"],
         pull_request["contexts"],
     )
-    job = load(GITHUB / "workflows" / "pr.yml")["jobs"]["pipeline"]
+    job = load(GITHUB / "workflows" / "pr-training.yml")["jobs"]["pipeline"]
     upload = job["steps"][-1]
     assert upload["uses"].startswith("actions/upload-artifact@"), "the upload must come last"
     assert upload["if"] == "${{ !cancelled() && steps.report.outcome == 'success' }}"

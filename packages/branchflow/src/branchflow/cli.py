@@ -256,6 +256,24 @@ def history_command(output_format: str) -> None:
         click.echo("\n".join(history_lines(moves)) or "no champion moves recorded")
 
 
+@main.command("pin")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("pipelines/scoring/model.json"),
+    show_default=True,
+    help="The pin file a pipeline depends on.",
+)
+def pin_command(out: Path) -> None:
+    """Pin the production champion (name, version, sha256) into OUT; it changes only when
+    the champion does."""
+    from branchflow.pin import pin
+
+    found, changed = pin(Path.cwd(), out)
+    state = "pinned" if changed else "already pins"
+    click.echo(f"{out}: {state} models:/{found.name}/{found.version} (sha256 {found.sha256[:12]})")
+
+
 @main.command("prune")
 @click.option("--branch", required=True, help="The merged or deleted branch, as git names it.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")

@@ -81,6 +81,13 @@ class ModelSettings:
     lock_groups: tuple[str, ...] = ()
     key_metrics: tuple[str, ...] = ()
 
+    @property
+    def source_files(self) -> tuple[str, ...]:
+        """What goes into the package besides the artifacts: serving code, code_paths (files
+        or folders) and the input example."""
+        named = (self.python_model, self.input_example)
+        return (*(path for path in named if path), *self.code_paths)
+
 
 MODEL_KEYS = tuple(f.name for f in fields(ModelSettings))
 FLAVORS = ("pyfunc", "sklearn", "pytorch")
@@ -204,6 +211,7 @@ class Settings:
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
+TABLES = ("gate", "model", "azureml", "drift", "pipelines")  # the keys that are sub-tables
 
 
 def load_settings(root: Path) -> Settings:
@@ -212,8 +220,7 @@ def load_settings(root: Path) -> Settings:
     document = _read_toml(path)
     section = "[tool.branchflow]"
     table = _table(path, section, document.get("tool", {}).get("branchflow", {}), KNOWN_KEYS)
-    tables = ("gate", "model", "azureml", "drift", "pipelines")
-    values = {key: _string(path, key, value) for key, value in table.items() if key not in tables}
+    values = {key: _string(path, key, value) for key, value in table.items() if key not in TABLES}
     base = values.get("base_name") or _default_base_name(document, root)
     settings = Settings(
         base_name=base,

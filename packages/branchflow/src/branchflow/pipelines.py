@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from branchflow.azureml.dag import Dag, Step
-from branchflow.config import PIPELINE_NAME, PIPELINES_SECTION, Settings
+from branchflow.config import PIPELINE_NAME, PIPELINES_SECTION, ModelSettings, Settings
 from branchflow.context import git
 from branchflow.errors import BranchflowError
 
@@ -86,11 +86,16 @@ def pipeline_steps(dag: Dag, pipeline: Pipeline) -> tuple[Step, ...]:
     return tuple(step for step in dag.steps if step.node in wanted)
 
 
-def watched_paths(root: Path, dag: Dag, pipeline: Pipeline) -> tuple[str, ...]:
+def watched_paths(
+    root: Path, dag: Dag, pipeline: Pipeline, model: ModelSettings | None
+) -> tuple[str, ...]:
     """What the pipeline's PR build watches (GitHub `paths` filters): its dvc.yaml and
     dvc.lock, the code, params and `.dvc` files its stages and their upstream stages read,
-    and the project's install files. A folder is watched as `<folder>/**`."""
+    the project's install files, and, when it writes the registered model, what else goes
+    into the model's package. A folder is watched as `<folder>/**`."""
     steps = pipeline_steps(dag, pipeline)
+    outputs = {output.path for step in steps for output in step.outputs}
+    package = model.source_files if model and set(model.artifacts.values()) & outputs else ()
     origins = {source.path: source.dvcfile for source in dag.data}
     paths = {
         pipeline.dvcfile,
@@ -101,8 +106,11 @@ def watched_paths(root: Path, dag: Dag, pipeline: Pipeline) -> tuple[str, ...]:
         paths |= {step.dvcfile, str(PurePosixPath(step.dvcfile).with_name("dvc.lock"))}
         paths |= {params.path for params in step.params}
         paths |= {origins[i.path] for i in step.inputs if i.producer is None}
-        paths |= {f"{p}/**" if (root / p).is_dir() else p for p in step.snapshot_paths}
-    return tuple(sorted(paths))
+        paths |= set(step.snapshot_paths)
+    paths |= set(package)
+    folders = {path for path in paths if (root / path).is_dir()}
+    inside = {path for path in paths for folder in folders if path.startswith(f"{folder}/")}
+    return tuple(sorted(f"{p}/**" if p in folders else p for p in paths - inside))
 
 
 def _default_name(dvcfile: str) -> str:

@@ -157,9 +157,7 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     model = _model_settings(settings)
     context = resolve_context(root, env, settings)
     names = names_for(context, settings)
-    named = [path for path in (model.python_model, model.input_example) if path]
-    files = [*model.artifacts.values(), *named, *model.code_paths]
-    snapshot = read_snapshot(root, files)
+    snapshot = read_snapshot(root, [*model.artifacts.values(), *model.source_files])
     unknown = [key for key in model.key_metrics if key not in snapshot.metrics]
     if unknown:
         raise BranchflowError(

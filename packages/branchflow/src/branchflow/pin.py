@@ -1,0 +1,94 @@
+"""`branchflow pin`: a small committed file naming the production champion's exact version.
+
+A pipeline that uses the production model (a scoring stage) depends on the file, not on the
+alias: it reruns when a promotion or rollback moves the pin, and loads the pinned version only,
+checking its artifact's sha256. The file changes only when the champion does, so a promotion is
+a one-line diff of `version` and `sha256`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from branchflow.config import load_settings
+from branchflow.context import names_for, resolve_context
+from branchflow.errors import BranchflowError
+from branchflow.registry import CHAMPION, MODEL_SHA_TAG, artifacts_sha256, current_champion
+from branchflow.tracking import connect, mlflow_errors, store_for
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A registered model version and the sha256 of its artifact (see `artifacts_sha256`)."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin, bool]:
+    """Pin the production model's current champion into `out`; True when `out` changed."""
+    settings = load_settings(root)
+    production = names_for(resolve_context(root, env, settings), settings).production_model
+    store = store_for(root, env)
+    client = connect(store)
+    with mlflow_errors(store):
+        champion = current_champion(client, production)
+        if champion is None:
+            raise BranchflowError(
+                f"{production} has no @{CHAMPION} to pin; promote a version first "
+                "(branchflow promote models:/<model>@candidate)"
+            )
+        found = Pin(
+            production, str(champion.version), tagged_sha256(champion) or _download_sha256(champion)
+        )
+    return found, _write(out, found)
+
+
+def tagged_sha256(version: ModelVersion) -> str | None:
+    """The model bytes' sha256 that `register` tagged `version` with, if any."""
+    return version.tags.get(MODEL_SHA_TAG) or None
+
+
+def _download_sha256(version: ModelVersion) -> str:
+    """The sha256 of `version`'s pyfunc artifacts, downloaded (as `register` computes it)."""
+    import mlflow
+    from mlflow.models import Model
+
+    uri = f"models:/{version.name}/{version.version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        flavor = Model.load(str(local)).flavors.get("python_function", {})
+        artifacts = {key: entry["path"] for key, entry in flavor.get("artifacts", {}).items()}
+        if not artifacts:
+            raise BranchflowError(f"{uri}: a pyfunc without artifacts; nothing to pin a sha256 of")
+        return artifacts_sha256(local, artifacts)
+
+
+def _write(out: Path, found: Pin) -> bool:
+    """Write `found` to `out` atomically unless it already holds it; True when written."""
+    text = json.dumps(asdict(found), indent=2) + "\n"
+    try:
+        if out.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

@@ -1,0 +1,265 @@
+"""The scoring pipeline (pipelines/scoring/dvc.yaml), `branchflow pin` and the champion served by
+`mlflow models serve`, on a fresh clone of this checkout: real DVC, MLflow's local store, a real
+HTTP server; no mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from badpixels.model import Detector
+from badpixels.video import read_video
+from tests.conftest import ROOT, branch_names, free_port, hide_ci_variables, sh
+
+pytestmark = pytest.mark.e2e
+
+SCORING = "pipelines/scoring/dvc.yaml"
+PIN = "pipelines/scoring/model.json"
+BATCH = "data/batches/toy"
+MAPS = Path("data/scoring/maps")
+SUMMARY = Path("data/scoring/summary.json")
+SCORE = ["python", "-m", "badpixels.score", PIN, BATCH, str(MAPS)]
+
+
+@pytest.fixture(scope="module")
+def scored(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh clone after `dvc repro` (the training pipeline only), its model registered and
+    promoted into its local store, pinned, and scored. Do not modify it: copy it first."""
+    assert not (reproduced_repo / MAPS).exists(), "`dvc repro` ran the scoring pipeline"
+    dest = tmp_path_factory.mktemp("scored") / "repo"
+    shutil.copytree(reproduced_repo, dest, symlinks=True)
+    with pytest.MonkeyPatch.context() as patch:
+        hide_ci_variables(patch)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        sh("dvc", "pull", "-q", f"{BATCH}.dvc", cwd=dest)
+        model = branch_names(dest, "main").model
+        sh("branchflow", "register", cwd=dest)
+        sh("branchflow", "promote", f"models:/{model}@candidate", cwd=dest)
+        sh("branchflow", "pin", "--out", PIN, cwd=dest)
+        sh("dvc", "repro", "-q", SCORING, cwd=dest)
+        yield dest
+
+
+@pytest.fixture
+def local_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CI variables and no MLFLOW_TRACKING_URI: each repository's own mlflow.db."""
+    hide_ci_variables(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """The stages of both pipelines that `dvc status` says would rerun."""
+    status = sh("dvc", "status", "--json", "dvc.yaml", SCORING, cwd=repo)
+    return set(json.loads(status.stdout))
+
+
+def batch_frames(repo: Path, video: str) -> np.ndarray:
+    return read_video(repo / BATCH / "videos" / f"{video}.mkv")
+
+
+def test_scoring_maps_the_batch_with_the_pinned_champion(scored: Path) -> None:
+    """One map per video, equal to the trained model's; the summary agrees with the labels as
+    well as training's held-out F1 (less 0.02); a second repro runs nothing."""
+    summary = json.loads((scored / SUMMARY).read_text())
+    videos = sorted(p.stem for p in (scored / BATCH / "videos").glob("*.mkv"))
+    assert (
+        sorted(p.stem for p in (scored / MAPS).glob("*.npy")) == videos == sorted(summary["videos"])
+    )
+    assert summary["model"] == json.loads((scored / PIN).read_text())
+    assert summary["model"]["version"] == "1"
+    found = np.load(scored / MAPS / "vid0000.npy")
+    assert np.array_equal(
+        found, Detector(scored / "models/model.pt").detect(batch_frames(scored, "vid0000"))
+    )
+    kinds = summary["defects"]
+    assert kinds == {k: sum(v["defects"][k] for v in summary["videos"].values()) for k in kinds}
+    held_out = json.loads((scored / "reports/metrics.json").read_text())["cnn"]["overall"]["f1"]
+    assert summary["agreement"]["f1"] >= held_out - 0.02
+    again = sh("dvc", "repro", SCORING, cwd=scored)
+    assert "Running stage" not in again.stdout
+    assert changed_stages(scored) == set()
+
+
+@contextlib.contextmanager
+def serving(repo: Path, production: str) -> Iterator[str]:
+    """`mlflow models serve` of `production@champion` from `repo`'s local store; its URL."""
+    port = free_port()
+    command = ["mlflow", "models", "serve", "-m", f"models:/{production}@champion"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    with (repo / "serve.log").open("ab") as log:
+        server = subprocess.Popen(
+            command, cwd=repo, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _pings(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow models serve did not start:\n{(repo / 'serve.log').read_text()}"
+                )
+            time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _pings(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def invoke(url: str, body: bytes) -> tuple[int, dict]:
+    """POST `body` to `/invocations`: the status and the JSON answer."""
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def served_map(url: str, frames: np.ndarray) -> np.ndarray:
+    status, answer = invoke(url, json.dumps({"inputs": frames.tolist()}).encode())
+    assert status == 200, answer
+    return np.asarray(answer["predictions"])
+
+
+def test_the_served_champion_maps_like_the_scoring_stage(scored: Path, local_store: None) -> None:
+    """MLflow's scoring protocol gives the stage's map; a malformed request gets a 400 that
+    names the problem."""
+    production = json.loads((scored / PIN).read_text())["name"]
+    with serving(scored, production) as url:
+        found = served_map(url, batch_frames(scored, "vid0003"))
+        assert np.array_equal(found, np.load(scored / MAPS / "vid0003.npy"))
+        status, answer = invoke(url, b'{"inputs": "not frames"}')
+        assert status == 400
+        assert "Tensor('uint8', (-1, -1, -1))" in answer["message"]
+        status, answer = invoke(url, b'{"frames": [[[0]]]}')
+        assert status == 400
+        assert "'inputs'" in answer["message"]
+
+
+def test_a_new_champion_moves_the_pin_reruns_scoring_only_and_is_served(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None
+) -> None:
+    """Promote a one-epoch model: the pin changes, only scoring reruns, with that version's maps,
+    which a restarted server serves; a rollback brings back the first pin, maps and server."""
+    repo = copy_repo(scored)
+    first_pin, first_map = (repo / PIN).read_text(), np.load(repo / MAPS / "vid0001.npy")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"] |= {"epochs": 1, "seed": 1}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    sh("dvc", "repro", "-q", "dvc.yaml", cwd=repo)
+    other = Detector(repo / "models/model.pt").detect(batch_frames(repo, "vid0001"))
+    assert not np.array_equal(other, first_map), "the one-epoch model maps alike: pick another"
+    branch = "exp/one-epoch"
+    env = {**os.environ, "BRANCHFLOW_BRANCH": branch}
+    subprocess.run(["branchflow", "register"], cwd=repo, env=env, check=True, capture_output=True)
+    model = branch_names(repo, branch).model
+    sh("branchflow", "promote", f"models:/{model}@candidate", cwd=repo)
+    sh("branchflow", "pin", "--out", PIN, cwd=repo)
+    assert json.loads((repo / PIN).read_text())["version"] == "2"
+    assert changed_stages(repo) == {f"{SCORING}:score", f"{SCORING}:summarize"}
+    sh("dvc", "repro", "-q", SCORING, cwd=repo)
+    assert np.array_equal(np.load(repo / MAPS / "vid0001.npy"), other)
+    production = json.loads(first_pin)["name"]
+    with serving(repo, production) as url:
+        assert np.array_equal(served_map(url, batch_frames(repo, "vid0001")), other)
+    sh("branchflow", "rollback", cwd=repo)
+    sh("branchflow", "pin", "--out", PIN, cwd=repo)
+    assert (repo / PIN).read_text() == first_pin
+    sh("dvc", "repro", "-q", SCORING, cwd=repo)
+    assert np.array_equal(np.load(repo / MAPS / "vid0001.npy"), first_map)
+    with serving(repo, production) as url:
+        assert np.array_equal(served_map(url, batch_frames(repo, "vid0001")), first_map)
+
+
+def score_error(repo: Path) -> str:
+    """The stage's stderr, run by hand; it must fail with exit status 1."""
+    done = subprocess.run(SCORE, cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version": "99"}, "cannot give models:/badpixels_production/99"),
+        ({"sha256": "0" * 64}, "the pin says 000000000000...; not the pinned bytes"),
+        ({"sha256": "abc"}, "needs name, version (a number) and sha256 (64 hex digits)"),
+    ],
+)
+def test_a_bad_pin_fails_in_one_line(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None, change: dict, message: str
+) -> None:
+    repo = copy_repo(scored)
+    pin = json.loads((repo / PIN).read_text())
+    (repo / PIN).write_text(json.dumps(pin | change))
+    stderr = score_error(repo)
+    assert message in stderr
+    assert stderr.count("\n") == 1 and stderr.startswith(f"error: {PIN}: ")
+    assert np.array_equal(
+        np.load(repo / MAPS / "vid0000.npy"), np.load(scored / MAPS / "vid0000.npy")
+    )
+
+
+def test_without_a_registry_the_stage_says_where_it_looked(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None
+) -> None:
+    repo = copy_repo(scored)
+    (repo / "mlflow.db").unlink()
+    stderr = score_error(repo)
+    assert stderr == (
+        f"error: {repo / 'mlflow.db'}: no local registry; set MLFLOW_TRACKING_URI to the "
+        "registry, or run `branchflow register` and `branchflow promote` here first\n"
+    )
+    assert not (repo / "mlflow.db").exists()
+
+
+def test_pin_writes_only_on_change_and_computes_a_missing_sha(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None
+) -> None:
+    """Re-pinning the same champion leaves the file alone; without the `model_sha256` tag the
+    pin computes the same sha256 from the downloaded artifact."""
+    repo = copy_repo(scored)
+    pinned = json.loads((repo / PIN).read_text())
+    before = (repo / PIN).stat().st_mtime_ns
+    again = sh("branchflow", "pin", "--out", PIN, cwd=repo)
+    assert "already pins" in again.stdout and (repo / PIN).stat().st_mtime_ns == before
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store, store)
+    client.delete_model_version_tag(pinned["name"], pinned["version"], "model_sha256")
+    sh("branchflow", "pin", "--out", "other.json", cwd=repo)
+    assert json.loads((repo / "other.json").read_text()) == pinned
+
+
+def test_the_committed_pin_is_this_checkout_s_model() -> None:
+    """The committed pin names the committed models/model.pt as a fresh registry's version 1,
+    so a fresh clone's register and promote can score without re-pinning."""
+    pin = json.loads((ROOT / PIN).read_text())
+    sha = hashlib.sha256((ROOT / "models/model.pt").read_bytes()).hexdigest()
+    assert pin == {"name": "badpixels_production", "version": "1", "sha256": sha}
