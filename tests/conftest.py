@@ -150,7 +150,7 @@ class MlflowServer:
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + 90
-        while not _healthy(self.uri):
+        while not answers(f"{self.uri}/health"):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(
                     f"mlflow server did not start:\n{(self.home / 'server.log').read_text()}"
@@ -202,9 +202,10 @@ def mlflow_server(request: pytest.FixtureRequest) -> str:
     return server.uri
 
 
-def _healthy(uri: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether a GET of `url` (a server's health check) answers 200 now."""
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except OSError:
         return False

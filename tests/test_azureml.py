@@ -24,6 +24,7 @@ from branchflow.cli import main
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
+from branchflow.pipelines import data_sources, find_pipeline
 from tests.conftest import hide_ci_variables, init_repo, sh
 
 OUT = "pipelines/azureml"
@@ -286,7 +287,8 @@ def test_the_nodes_reproduce_every_stage_byte_for_byte(
     assert sharded == {"frames", "features"}
     nodes = STAGES if shards == 3 else ["validate", "frames", "features"]
     folders: dict[str, Path] = {}
-    for source in dag.data:  # the data asset's datastore path holds the data by name
+    training = find_pipeline(compiled, load_settings(compiled), "training")
+    for source in data_sources(dag, training):  # its data asset's path holds it by name
         folder = tmp_path / "datastore" / source.md5
         shutil.copytree(reproduced_repo / source.path, folder / Path(source.path).name)
         folders[f"inputs.{source.name}"] = folder

@@ -42,12 +42,12 @@ def test_names_keep_their_key_and_only_colliding_keys_get_their_file() -> None:
 def test_a_second_metrics_file_leaves_the_first_ones_names_alone(tmp_path: Path) -> None:
     repo = make_pipelines_repo(tmp_path / "repo", {"pipelines/train": {"f1": 0.9, "loss": 0.2}})
     first = "pipelines/train/metrics.json"
-    assert read_snapshot(repo).metrics == {"f1": 0.9, "loss": 0.2}
+    assert read_snapshot(repo, None).metrics == {"f1": 0.9, "loss": 0.2}
 
     (repo / "extra.json").write_text(json.dumps({"auc": 0.8, "loss": 0.3}))
     (repo / "dvc.yaml").write_text("metrics:\n  - extra.json\n")
     expected = {"f1": 0.9, f"{first}:loss": 0.2, "auc": 0.8, "extra.json:loss": 0.3}
-    assert read_snapshot(repo).metrics == expected
+    assert read_snapshot(repo, None).metrics == expected
     with open_dvc(repo) as dvc:
         found = compare(dvc, None, "prod", {})
     assert {m.name: m.value for m in found.metrics} == expected

@@ -34,7 +34,10 @@ def test_fresh_clone_reproduces_the_committed_results(reproduced_repo: Path) -> 
 def test_second_repro_runs_no_stage(reproduced_repo: Path) -> None:
     result = sh("dvc", "repro", cwd=reproduced_repo)
     assert stages_run(result.stdout) == []
-    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=reproduced_repo).stdout
+    assert (
+        "Data and pipelines are up to date"
+        in sh("dvc", "status", "dvc.yaml", cwd=reproduced_repo).stdout
+    )
 
 
 def test_changing_epochs_reruns_only_train_and_evaluate(reproduced_repo: Path, copy_repo) -> None:

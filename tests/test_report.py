@@ -286,11 +286,14 @@ def test_champion_column_and_rule(tmp_path_factory: pytest.TempPathFactory, copy
     assert rows["model.loss"] == ["0.1000", "0.1000", "no change", "0.0500", "+0.0500 ▲ worse"]
 
 
-def test_data_version_reads_every_dvc_file_at_both_revisions(tmp_path: Path) -> None:
-    """Any `.dvc` file counts, not only `data.dvc`; several give sorted `path:md5` pairs."""
+def test_data_version_reads_the_pipelines_dvc_files_at_both_revisions(tmp_path: Path) -> None:
+    """Any `.dvc` file the pipeline reads counts, not only `data.dvc`; several give sorted
+    `path:md5` pairs; a `.dvc` file another pipeline reads does not count."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "raw.dvc").write_text("outs:\n- md5: aaa.dir\n  path: raw\n")
+    (tmp_path / "batch.dvc").write_text("outs:\n- md5: ccc.dir\n  path: batch\n")
     init_repo(tmp_path)
     base = Base("main", sh("git", "rev-parse", "HEAD", cwd=tmp_path).stdout.strip())
     (tmp_path / "labels.csv.dvc").write_text("outs:\n- md5: bbb\n  path: labels.csv\n")
-    assert data_versions(tmp_path, base) == ("data/raw:aaa.dir, labels.csv:bbb", "aaa.dir")
+    read = {"data/raw.dvc", "labels.csv.dvc"}
+    assert data_versions(tmp_path, base, read) == ("data/raw:aaa.dir, labels.csv:bbb", "aaa.dir")

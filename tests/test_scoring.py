@@ -24,7 +24,7 @@ import yaml
 
 from badpixels.model import Detector
 from badpixels.video import read_video
-from tests.conftest import ROOT, branch_names, free_port, hide_ci_variables, sh
+from tests.conftest import ROOT, answers, branch_names, free_port, hide_ci_variables, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,8 @@ def scored(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     shutil.copytree(reproduced_repo, dest, symlinks=True)
     with pytest.MonkeyPatch.context() as patch:
         hide_ci_variables(patch)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            patch.delenv(variable, raising=False)
         sh("dvc", "pull", "-q", f"{BATCH}.dvc", cwd=dest)
         model = branch_names(dest, "main").model
         sh("branchflow", "register", cwd=dest)
@@ -59,7 +60,8 @@ def scored(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def local_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CI variables and no MLFLOW_TRACKING_URI: each repository's own mlflow.db."""
     hide_ci_variables(monkeypatch)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(variable, raising=False)
 
 
 def changed_stages(repo: Path) -> set[str]:
@@ -101,7 +103,8 @@ def serving(repo: Path, production: str) -> Iterator[str]:
     port = free_port()
     command = ["mlflow", "models", "serve", "-m", f"models:/{production}@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
     with (repo / "serve.log").open("ab") as log:
         server = subprocess.Popen(
             command, cwd=repo, env=env, stdout=log, stderr=log, start_new_session=True
@@ -109,7 +112,7 @@ def serving(repo: Path, production: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
-        while not _pings(url):
+        while not answers(f"{url}/ping"):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(
                     f"mlflow models serve did not start:\n{(repo / 'serve.log').read_text()}"
@@ -120,14 +123,6 @@ def serving(repo: Path, production: str) -> Iterator[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-
-
-def _pings(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def invoke(url: str, body: bytes) -> tuple[int, dict]:
@@ -257,9 +252,9 @@ def test_pin_writes_only_on_change_and_computes_a_missing_sha(
     assert json.loads((repo / "other.json").read_text()) == pinned
 
 
-def test_the_committed_pin_is_this_checkout_s_model() -> None:
-    """The committed pin names the committed models/model.pt as a fresh registry's version 1,
-    so a fresh clone's register and promote can score without re-pinning."""
+def test_the_committed_pin_is_a_fresh_clones_model(reproduced_repo: Path) -> None:
+    """The committed pin names the model a fresh clone's `dvc repro` writes as a fresh
+    registry's version 1, so its register and promote can score without re-pinning."""
     pin = json.loads((ROOT / PIN).read_text())
-    sha = hashlib.sha256((ROOT / "models/model.pt").read_bytes()).hexdigest()
+    sha = hashlib.sha256((reproduced_repo / "models/model.pt").read_bytes()).hexdigest()
     assert pin == {"name": "badpixels_production", "version": "1", "sha256": sha}

@@ -12,7 +12,7 @@ import math
 import os
 import posixpath
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,15 +255,20 @@ def stage_changes(root: Path, base: Base) -> list[StageChange]:
     return changes
 
 
-def data_versions(root: Path, base: Base | None) -> tuple[str | None, str | None]:
-    """The data version (`context.data_version`) in the workspace and at the base."""
-    current = data_version(_data_sources(root, None))
-    return current, data_version(_data_sources(root, base.commit)) if base else None
+def data_versions(
+    root: Path, base: Base | None, dvcfiles: Collection[str]
+) -> tuple[str | None, str | None]:
+    """The data version (`context.data_version`) of the `.dvc` files `dvcfiles` (a pipeline's
+    data sources: `branchflow.pipelines.data_sources`) in the workspace and at the base."""
+    current = data_version(_data_sources(root, None, dvcfiles))
+    return current, data_version(_data_sources(root, base.commit, dvcfiles)) if base else None
 
 
-def _data_sources(root: Path, commit: str | None) -> list[tuple[str, str]]:
-    """(path, md5) of the output of every `.dvc` file, in the workspace or in `commit`."""
-    documents = _documents(root, commit, _dvc)
+def _data_sources(
+    root: Path, commit: str | None, dvcfiles: Collection[str]
+) -> list[tuple[str, str]]:
+    """(path, md5) of the outputs of `dvcfiles`, in the workspace or in `commit`."""
+    documents = _documents(root, commit, lambda file: _dvc(file) and file in dvcfiles)
     return [
         (posixpath.join(posixpath.dirname(file), out["path"]), out["md5"])
         for file, document in documents.items()

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from branchflow.azureml.dag import Dag, Step
+from branchflow.azureml.dag import Dag, DataSource, Step
 from branchflow.config import PIPELINE_NAME, PIPELINES_SECTION, ModelSettings, Settings
-from branchflow.context import git
+from branchflow.context import data_version, git
 from branchflow.errors import BranchflowError
 
 ROOT_PIPELINE = "training"
@@ -84,6 +84,27 @@ def pipeline_steps(dag: Dag, pipeline: Pipeline) -> tuple[Step, ...]:
                 wanted.add(item.producer)
                 pending.append(item.producer)
     return tuple(step for step in dag.steps if step.node in wanted)
+
+
+def data_sources(dag: Dag, pipeline: Pipeline) -> tuple[DataSource, ...]:
+    """The `.dvc` data sources that the pipeline's stages, or their upstream stages, read."""
+    read = {i.path for step in pipeline_steps(dag, pipeline) for i in step.inputs if not i.producer}
+    return tuple(source for source in dag.data if source.path in read)
+
+
+def data_hash(dag: Dag, pipeline: Pipeline) -> str | None:
+    """The pipeline's data version: what `register` and `azureml submit` tag runs with."""
+    return data_version((source.path, source.md5) for source in data_sources(dag, pipeline))
+
+
+def model_pipeline(root: Path, settings: Settings, dag: Dag) -> Pipeline:
+    """The pipeline that writes the registered model's artifacts; else the default one."""
+    artifacts = set(settings.model.artifacts.values()) if settings.model else set()
+    for pipeline in find_pipelines(root, settings):
+        steps = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]
+        if artifacts & {output.path for step in steps for output in step.outputs}:
+            return pipeline
+    return find_pipeline(root, settings, None)
 
 
 def watched_paths(

@@ -46,10 +46,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from branchflow.azureml.dag import read_dag
 from branchflow.config import MODEL_SECTION, SAVED_MODEL, ModelSettings, Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements, has_lock
+from branchflow.pipelines import data_hash, model_pipeline
 from branchflow.tracking import (
     LEASE_TAG,
     OWNER_TAG,
@@ -157,7 +159,9 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     model = _model_settings(settings)
     context = resolve_context(root, env, settings)
     names = names_for(context, settings)
-    snapshot = read_snapshot(root, [*model.artifacts.values(), *model.source_files])
+    dag = read_dag(root)
+    data = data_hash(dag, model_pipeline(root, settings, dag))
+    snapshot = read_snapshot(root, data, [*model.artifacts.values(), *model.source_files])
     unknown = [key for key in model.key_metrics if key not in snapshot.metrics]
     if unknown:
         raise BranchflowError(

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from branchflow.azureml.dag import read_dag
 from branchflow.compare import (
     WORKSPACE,
     Base,
@@ -33,6 +34,7 @@ from branchflow.config import GateSettings, load_settings
 from branchflow.context import Context, names_for, resolve_context
 from branchflow.errors import BranchflowError
 from branchflow.gate import Verdict, evaluate, key_metric
+from branchflow.pipelines import data_sources, model_pipeline
 from branchflow.plots import Plot, render_plots
 from branchflow.render import SCHEMA, clean_name, clean_text, figures_dir, load, render
 
@@ -66,7 +68,9 @@ def write_report(
         plots, plot_errors = plotting.result()
     verdict = evaluate(settings.gate, comparison)
     key = key_metric(settings.gate, comparison)
-    data, base_data = data_versions(root, base)
+    dag = read_dag(root)
+    sources = data_sources(dag, model_pipeline(root, settings, dag))
+    data, base_data = data_versions(root, base, {source.dvcfile for source in sources})
     document = {
         "schema": SCHEMA,
         "pr": context.pr_number,

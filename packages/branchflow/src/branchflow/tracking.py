@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from branchflow.context import Context, data_version
+from branchflow.context import Context
 from branchflow.errors import BranchflowError
 
 if TYPE_CHECKING:
@@ -242,8 +242,9 @@ def end_orphans(client: MlflowClient, experiment_id: str) -> None:
         client.set_terminated(run_id, "KILLED")
 
 
-def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
-    """Params, metrics, plot files and data hash of the workspace at `root`.
+def read_snapshot(root: Path, data_hash: str | None, required: Iterable[str] = ()) -> Snapshot:
+    """Params, metrics and plot files of the workspace at `root`, with its `data_hash` (the
+    data version of the pipeline the snapshot is of: `branchflow.pipelines.data_hash`).
 
     Every path in `required` and every DVC metrics file must exist; a missing one names the
     stage that writes it.
@@ -257,12 +258,6 @@ def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
         metrics = _merge(repo, repo.metrics.show())
         params = _merge(repo, repo.params.show())
         sources = repo.plots.show().get("workspace", {}).get("sources", {}).get("data", {})
-        data = [
-            (str(out), out.hash_info.value)
-            for stage in repo.index.stages
-            if stage.is_data_source
-            for out in stage.outs
-        ]
     lock = root / LOCK_FILE
     return Snapshot(
         params={key: str(value) for key, value in params.items()},
@@ -272,7 +267,7 @@ def read_snapshot(root: Path, required: Iterable[str] = ()) -> Snapshot:
             if isinstance(value, int | float) and not isinstance(value, bool)
         },
         plots=tuple(sorted(path for path, entry in sources.items() if "error" not in entry)),
-        data_hash=data_version(data),
+        data_hash=data_hash,
         lock_sha256=file_sha256(lock) if lock.is_file() else None,
     )
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from branchflow.context import data_version
 from branchflow.errors import BranchflowError
 
 
@@ -96,10 +95,6 @@ class Dag:
     data: tuple[DataSource, ...]
     out_paths: tuple[str, ...]
     local_remotes: tuple[str, ...]
-
-    def data_hash(self) -> str | None:
-        """The data version, as `branchflow register` tags it."""
-        return data_version((source.path, source.md5) for source in self.data)
 
 
 def ident(text: str) -> str:

@@ -32,7 +32,7 @@ from branchflow.azureml.validate import validate
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
-from branchflow.pipelines import find_pipeline, pipeline_steps
+from branchflow.pipelines import data_hash, find_pipeline, pipeline_steps
 
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
 FAILED = frozenset({"Failed", "Canceled", "NotResponding"})
@@ -97,7 +97,7 @@ def prepare(
     tags = {
         "branch": context.branch,
         "commit": context.commit,
-        "data_hash": compiled.dag.data_hash(),
+        "data_hash": data_hash(compiled.dag, chosen),
         "run_type": context.run_type,
         "dirty": str(context.dirty).lower(),
         "pr": None if context.pr_number is None else str(context.pr_number),
