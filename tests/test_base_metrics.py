@@ -4,6 +4,7 @@ subfolders: real git + DVC repositories, as a team's own DVC project lays them o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from branchflow.cli import main
 from branchflow.compare import compare, open_dvc, qualified_names
+from branchflow.errors import BranchflowError
 from branchflow.gate import run_gate
 from branchflow.report import write_report
 from branchflow.tracking import read_snapshot
@@ -141,3 +143,46 @@ def test_stage_table_covers_every_dvc_yaml_in_subfolders(tmp_path: Path) -> None
     assert document["params"] == [{"name": "train.auc", "old": "0.7", "new": "0.75"}]
     names = {m["name"] for m in document["metrics"]}
     assert names == {"pipelines/score/metrics.json:f1", "pipelines/train/metrics.json:f1", "auc"}
+
+
+def test_each_pipeline_is_reported_and_gated_on_its_own_metrics(tmp_path: Path) -> None:
+    folders = {"pipelines/train": {"f1": 0.9}, "pipelines/score": {"f1": 0.8, "auc": 0.7}}
+    gates = (
+        "[tool.branchflow.gates.train.min]\nf1 = 0.85\n\n"
+        "[tool.branchflow.gates.score.min]\nauc = 0.75\n"
+    )
+    repo = make_pipelines_repo(tmp_path / "repo", folders, gates)
+    train = run_gate(repo, "main", env={}, pipeline="train")
+    assert train.passed, train.lines()
+    assert [c.text for c in train.checks] == ["`f1` is 0.9000, at least the floor 0.8500"]
+    score = run_gate(repo, "main", env={}, pipeline="score")
+    assert not score.passed
+    assert [c.text for c in score.checks] == ["`auc` is 0.7000, below the floor 0.7500"]
+
+    report = write_report(repo, repo / "report.md", "main", env={}, pipeline="score")
+    assert not report.passed
+    document = json.loads((repo / "report.json").read_text())
+    assert sorted(m["name"] for m in document["metrics"]) == ["auc", "f1"]  # its own, unprefixed
+
+    # Without a pipeline (none writes a model): every metric, colliding keys prefixed.
+    names = {m.name for m in compare_all(repo)}
+    assert names == {"pipelines/train/metrics.json:f1", "pipelines/score/metrics.json:f1", "auc"}
+
+
+def compare_all(repo: Path) -> tuple:
+    with open_dvc(repo) as dvc:
+        return compare(dvc, None, None, {}).metrics
+
+
+@pytest.mark.parametrize(
+    ("gates", "message"),
+    [
+        ("[tool.branchflow.gates.nope.min]\nf1 = 0.5\n", "gates] names nope, which is no pipeline"),
+        ("[tool.branchflow.gates.score.min]\nf1 = '0.5'\n", "gates.score] min: 'f1' must be"),
+    ],
+)
+def test_a_gate_for_another_pipeline_is_checked(tmp_path: Path, gates: str, message: str) -> None:
+    folders = {"pipelines/train": {"f1": 0.9}, "pipelines/score": {"f1": 0.8}}
+    repo = make_pipelines_repo(tmp_path / "repo", folders, gates)
+    with pytest.raises(BranchflowError, match=re.escape(message)):
+        run_gate(repo, "main", env={}, pipeline="score")

@@ -12,7 +12,13 @@ import pytest
 from branchflow.azureml.dag import read_dag
 from branchflow.config import load_settings
 from branchflow.errors import BranchflowError
-from branchflow.pipelines import find_pipeline, find_pipelines, pipeline_steps, watched_paths
+from branchflow.pipelines import (
+    find_pipeline,
+    find_pipelines,
+    pipeline_steps,
+    scope,
+    watched_paths,
+)
 from tests.conftest import init_repo, project_files, sh
 
 
@@ -123,6 +129,13 @@ def test_the_example_has_one_pipeline_that_watches_what_it_runs() -> None:
     assert not [p for p in watched if p.startswith("src/badpixels/") and not p.endswith("**")]
     assert not [p for p in watched if p.startswith(("tests/", "docs/", "benchmarks/"))]
     assert set(watched) <= {*project_files(), *(p for p in watched if p.endswith("/**"))}
+    judged = scope(root, settings, read_dag(root), None)  # the model's pipeline
+    assert judged.metrics_files == ("reports/metrics.json",)
+    assert judged.gate == settings.gate
+    assert judged.has_model
+    assert [source.path for source in judged.data] == ["data/raw/toy"]
+    with pytest.raises(BranchflowError, match=r"pipelines/scoring/dvc\.yaml declares no metrics"):
+        scope(root, settings, read_dag(root), "scoring")
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,10 @@ _BASE_HELP = (
     "Git ref to compare with, e.g. origin/main. Default: origin/$GITHUB_BASE_REF in a GitHub "
     "pull request, else none (rules against the base are skipped)."
 )
+_PIPELINE_HELP = (
+    "The pipeline (a dvc.yaml, see docs/config.md) whose metrics to judge; default: the one "
+    "that writes the registered model."
+)
 _FETCH_HELP = "If this (shallow) clone lacks the base, fetch it: git fetch --depth=1."
 
 
@@ -150,25 +154,31 @@ _FETCH_HELP = "If this (shallow) clone lacks the base, fetch it: git fetch --dep
     "PNGs, in <stem>_files/ (report_files/).",
 )
 @click.option("--fetch", is_flag=True, help=_FETCH_HELP)
-def report_command(base_ref: str | None, out: Path, fetch: bool) -> None:
+@click.option("--pipeline", help=_PIPELINE_HELP)
+def report_command(base_ref: str | None, out: Path, fetch: bool, pipeline: str | None) -> None:
     """Write the PR report: gate verdict, metrics vs base and champion, params, plots, stages."""
     from branchflow.compare import default_base
     from branchflow.report import write_report
 
-    verdict = write_report(Path.cwd(), out, base_ref or default_base(), fetch=fetch)
+    verdict = write_report(
+        Path.cwd(), out, base_ref or default_base(), fetch=fetch, pipeline=pipeline
+    )
     click.echo(f"wrote {out}: gate {'passed' if verdict.passed else 'failed'}")
 
 
 @main.command("gate")
 @click.option("--base", "base_ref", help=_BASE_HELP)
 @click.option("--fetch", is_flag=True, help=_FETCH_HELP)
+@click.option("--pipeline", help=_PIPELINE_HELP)
 @click.pass_context
-def gate_command(ctx: click.Context, base_ref: str | None, fetch: bool) -> None:
+def gate_command(
+    ctx: click.Context, base_ref: str | None, fetch: bool, pipeline: str | None
+) -> None:
     """Check the metrics against [tool.branchflow.gate]; exit 1 listing each failed rule."""
     from branchflow.compare import default_base
     from branchflow.gate import run_gate
 
-    verdict = run_gate(Path.cwd(), base_ref or default_base(), fetch=fetch)
+    verdict = run_gate(Path.cwd(), base_ref or default_base(), fetch=fetch, pipeline=pipeline)
     for line in verdict.lines():
         click.echo(line)
     ctx.exit(EXIT_OK if verdict.passed else EXIT_VERDICT)

@@ -12,7 +12,7 @@ import math
 import os
 import posixpath
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,11 +135,17 @@ def open_dvc(root: Path) -> Iterator[Repo]:
 
 
 def compare(
-    repo: Repo, base: Base | None, production_model: str, env: Mapping[str, str]
+    repo: Repo,
+    base: Base | None,
+    production_model: str | None,
+    env: Mapping[str, str],
+    targets: Sequence[str] | None = None,
 ) -> Comparison:
-    """This branch's metrics against the base's (DVC's diff) and the `production_model`
-    champion's (MLflow)."""
-    shown = repo.metrics.show(revs=[WORKSPACE], hide_workspace=False)[WORKSPACE]
+    """This branch's metrics (of the metrics files `targets`, else all) against the base's
+    (DVC's diff) and the `production_model` champion's (MLflow; None: no champion)."""
+    if targets is not None:  # DVC reads targets from the working directory
+        targets = [os.path.join(repo.root_dir, target) for target in targets]
+    shown = repo.metrics.show(targets, revs=[WORKSPACE], hide_workspace=False)[WORKSPACE]
     files = [path for path, result in shown.get("data", {}).items() if "data" in result]
     raw = {path: _metrics_file(repo, path) for path in files}
     current = {path: _numbers(values) for path, values in raw.items()}
@@ -158,7 +164,7 @@ def compare(
     diffs: dict[str, dict[str, dict[str, Any]]] = {}
     missing = None
     if base is not None:
-        diff = repo.metrics.diff(a_rev=base.commit, b_rev=WORKSPACE, all=True)
+        diff = repo.metrics.diff(a_rev=base.commit, b_rev=WORKSPACE, targets=targets, all=True)
         diffs = diff.get("diff", {})
         missing = _unreadable(Path(repo.root_dir), base, diff.get("errors", {}).get(base.commit))
     rows: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
@@ -173,7 +179,11 @@ def compare(
                 rows[path, name] = (None, old, None)
     names = qualified_names([*rows, *bad])
     metrics = tuple(Metric(names[key], *row) for key, row in rows.items())
-    champion, no_champion = find_champion(Path(repo.root_dir), production_model, env)
+    champion, no_champion = (
+        find_champion(Path(repo.root_dir), production_model, env)
+        if production_model
+        else (None, "this pipeline registers no model")
+    )
     return Comparison(
         base=base,
         metrics=metrics,

@@ -24,6 +24,7 @@ PIPELINE_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 NAME_PLACEHOLDERS = frozenset({"pipeline_type", "base", "branch"})
 DEFAULT_NAME_PATTERN = "{pipeline_type}_{base}_{branch}"
 GATE_SECTION = "[tool.branchflow.gate]"
+GATES_SECTION = "[tool.branchflow.gates]"  # `gates.<pipeline>`: another pipeline's gate
 GATE_RULES = ("min", "max", "max_drop_vs_base", "max_drop_vs_champion")
 
 
@@ -208,10 +209,11 @@ class Settings:
     model: ModelSettings | None = None
     drift: DriftSettings = field(default_factory=DriftSettings)
     pipelines: Mapping[str, str] = field(default_factory=dict)  # dvc.yaml path -> its name
+    gates: Mapping[str, GateSettings] = field(default_factory=dict)  # pipeline name -> its gate
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
-TABLES = ("gate", "model", "azureml", "drift", "pipelines")  # the keys that are sub-tables
+TABLES = ("gate", "model", "azureml", "drift", "pipelines", "gates")  # the keys that are sub-tables
 
 
 def load_settings(root: Path) -> Settings:
@@ -233,6 +235,10 @@ def load_settings(root: Path) -> Settings:
         azureml=_azureml_settings(path, table.get("azureml", {}), base),
         drift=_drift_settings(path, table.get("drift", {})),
         pipelines=_pipeline_names(path, table.get("pipelines", {})),
+        gates={
+            name: _gate_settings(path, gate, f"[tool.branchflow.gates.{name}]")
+            for name, gate in _table(path, GATES_SECTION, table.get("gates", {})).items()
+        },
     )
     _check_pattern(path, settings.name_pattern)
     return settings
@@ -275,26 +281,28 @@ def _reject_unknown_keys(
             raise BranchflowError(f"{path}: unknown key '{key}' in {section}; {hint}")
 
 
-def _gate_settings(path: Path, table: object) -> GateSettings:
-    table = _table(path, GATE_SECTION, table, GATE_KEYS)
+def _gate_settings(path: Path, table: object, section: str = GATE_SECTION) -> GateSettings:
+    table = _table(path, section, table, GATE_KEYS)
     key_metric = table.get("key_metric")
     lower = table.get("lower_is_better", [])
     if not isinstance(lower, list) or not all(isinstance(name, str) and name for name in lower):
         raise BranchflowError(
-            f"{path}: {GATE_SECTION} lower_is_better must be a list of metric names, got {lower!r}"
+            f"{path}: {section} lower_is_better must be a list of metric names, got {lower!r}"
         )
     return GateSettings(
         key_metric=None if key_metric is None else _string(path, "gate.key_metric", key_metric),
         lower_is_better=tuple(lower),
-        **{rule: _thresholds(path, rule, table.get(rule, {})) for rule in GATE_RULES},
+        **{rule: _thresholds(path, section, rule, table.get(rule, {})) for rule in GATE_RULES},
     )
 
 
-def _thresholds(path: Path, rule: str, table: object, prefix: str = "") -> dict[str, float]:
+def _thresholds(
+    path: Path, section: str, rule: str, table: object, prefix: str = ""
+) -> dict[str, float]:
     """`{metric = number}`; nested tables (from unquoted dotted keys) join with dots."""
     if not isinstance(table, dict):
         raise BranchflowError(
-            f"{path}: {GATE_SECTION} {rule} must be a table of metric = number, got {table!r}"
+            f"{path}: {section} {rule} must be a table of metric = number, got {table!r}"
         )
     flat: dict[str, float] = {}
     for key, value in table.items():
@@ -302,13 +310,13 @@ def _thresholds(path: Path, rule: str, table: object, prefix: str = "") -> dict[
         bound = rule in ("min", "max")
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if isinstance(value, dict):
-            flat.update(_thresholds(path, rule, value, f"{name}."))
+            flat.update(_thresholds(path, section, rule, value, f"{name}."))
         elif number and math.isfinite(value) and (bound or value >= 0):
             flat[name] = float(value)
         else:
             kind = "a finite number" if bound else "a finite number >= 0"
             raise BranchflowError(
-                f"{path}: {GATE_SECTION} {rule}: '{name}' must be {kind}, got {value!r}"
+                f"{path}: {section} {rule}: '{name}' must be {kind}, got {value!r}"
             )
     return flat
 

@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from branchflow.azureml.dag import read_dag
 from branchflow.compare import Comparison, Metric, compare, open_dvc, resolve_base
 from branchflow.config import GATE_SECTION, GateSettings, load_settings
 from branchflow.context import names_for, resolve_context
+from branchflow.pipelines import scope
 from branchflow.render import EPSILON, fmt
 
 # Metrics are stored rounded, so a drop of exactly the tolerance may come out a hair above it.
@@ -50,15 +52,23 @@ class Verdict:
 
 
 def run_gate(
-    root: Path, base_ref: str | None, *, fetch: bool = False, env: Mapping[str, str] = os.environ
+    root: Path,
+    base_ref: str | None,
+    *,
+    fetch: bool = False,
+    env: Mapping[str, str] = os.environ,
+    pipeline: str | None = None,
 ) -> Verdict:
-    """Compare the workspace with `base_ref` (None: no base) and the champion; judge it."""
+    """Compare the workspace's metrics of `pipeline` (default: the model's) with `base_ref`
+    (None: no base) and, for the model's pipeline, the champion; judge them by its gate."""
     settings = load_settings(root)
+    judged = scope(root, settings, read_dag(root), pipeline)
     production = names_for(resolve_context(root, env, settings), settings).production_model
     base = resolve_base(root, base_ref, fetch=fetch) if base_ref else None
     with open_dvc(root) as repo:
-        comparison = compare(repo, base, production, env)
-    return evaluate(settings.gate, comparison)
+        champion = production if judged.has_model else None
+        comparison = compare(repo, base, champion, env, judged.metrics_files)
+    return evaluate(judged.gate, comparison)
 
 
 def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:

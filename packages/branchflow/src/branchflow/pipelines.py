@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from branchflow.azureml.dag import Dag, DataSource, Step
-from branchflow.config import PIPELINE_NAME, PIPELINES_SECTION, ModelSettings, Settings
+from branchflow.config import (
+    PIPELINE_NAME,
+    PIPELINES_SECTION,
+    GateSettings,
+    ModelSettings,
+    Settings,
+)
 from branchflow.context import data_version, git
 from branchflow.errors import BranchflowError
 
@@ -22,6 +28,17 @@ ROOT_PIPELINE = "training"
 DVCFILE = "dvc.yaml"
 # What every pipeline's build also depends on: how the project installs.
 PROJECT_FILES = ("pyproject.toml", "uv.lock", "requirements.txt")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What `report` and `gate` judge: the metrics files (None: every one), the gate, whether
+    the champion is compared with, and the data sources whose version the report shows."""
+
+    metrics_files: tuple[str, ...] | None
+    gate: GateSettings
+    has_model: bool
+    data: tuple[DataSource, ...]
 
 
 @dataclass(frozen=True)
@@ -99,12 +116,49 @@ def data_hash(dag: Dag, pipeline: Pipeline) -> str | None:
 
 def model_pipeline(root: Path, settings: Settings, dag: Dag) -> Pipeline:
     """The pipeline that writes the registered model's artifacts; else the default one."""
+    found = _writes_model(settings, dag, find_pipelines(root, settings))
+    return found or find_pipeline(root, settings, None)
+
+
+def _writes_model(settings: Settings, dag: Dag, pipelines: tuple[Pipeline, ...]) -> Pipeline | None:
     artifacts = set(settings.model.artifacts.values()) if settings.model else set()
-    for pipeline in find_pipelines(root, settings):
+    for pipeline in pipelines:
         steps = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]
         if artifacts & {output.path for step in steps for output in step.outputs}:
             return pipeline
-    return find_pipeline(root, settings, None)
+    return None
+
+
+def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
+    """The pipeline `name` as `report` and `gate` see it: its own metrics files, its gate
+    `[tool.branchflow.gates.<name>]` (for the model's pipeline, else `[tool.branchflow.gate]`)
+    and, for the model's pipeline, the champion. Without a name: the model's pipeline, or,
+    when no pipeline writes the model, every metric with `[tool.branchflow.gate]`."""
+    found = find_pipelines(root, settings)
+    unknown = sorted(set(settings.gates) - {pipeline.name for pipeline in found})
+    if unknown:
+        raise BranchflowError(
+            f"[tool.branchflow.gates] names {', '.join(unknown)}, which is no pipeline; "
+            f"pipelines: {', '.join(p.name for p in found)}"
+        )
+    model = _writes_model(settings, dag, found)
+    if name is None and model is None:
+        return Scope(None, settings.gate, True, dag.data)
+    pipeline = model if name is None else find_pipeline(root, settings, name)
+    own = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]
+    metrics = tuple(output.path for step in own for output in step.outputs if output.metric)
+    if not metrics:
+        raise BranchflowError(
+            f"{pipeline.dvcfile} declares no metrics files, so pipeline {pipeline.name} has "
+            "nothing to report or gate; declare them under `metrics:` in its stages"
+        )
+    main = pipeline == model or model is None  # the project's own gate and champion apply
+    return Scope(
+        metrics_files=metrics,
+        gate=settings.gates.get(pipeline.name, settings.gate if main else GateSettings()),
+        has_model=main,
+        data=data_sources(dag, pipeline),
+    )
 
 
 def watched_paths(

@@ -34,7 +34,7 @@ from branchflow.config import GateSettings, load_settings
 from branchflow.context import Context, names_for, resolve_context
 from branchflow.errors import BranchflowError
 from branchflow.gate import Verdict, evaluate, key_metric
-from branchflow.pipelines import data_sources, model_pipeline
+from branchflow.pipelines import scope
 from branchflow.plots import Plot, render_plots
 from branchflow.render import SCHEMA, clean_name, clean_text, figures_dir, load, render
 
@@ -46,12 +46,15 @@ def write_report(
     *,
     fetch: bool = False,
     env: Mapping[str, str] = os.environ,
+    pipeline: str | None = None,
 ) -> Verdict:
-    """Write the report for the workspace at `root`: its document to `<out stem>.json`, its
-    PNGs to `<out stem>_files/`, and `out`, the markdown rendered from them."""
+    """Write the report of `pipeline` (default: the model's) for the workspace at `root`: its
+    document to `<out stem>.json`, its PNGs to `<out stem>_files/`, and `out`, the markdown
+    rendered from them."""
     if out.suffix == ".json":
         raise BranchflowError(f"--out {out}: name the markdown file (.md); the data goes beside")
     settings = load_settings(root)
+    judged = scope(root, settings, read_dag(root), pipeline)
     context = resolve_context(root, env, settings)
     base = resolve_base(root, base_ref, fetch=fetch) if base_ref else None
     labels = {WORKSPACE: f"{context.branch} (this branch)"}
@@ -63,14 +66,14 @@ def write_report(
             render_plots, root, base.commit if base else None, files, labels
         )
         with open_dvc(root) as repo:
-            comparison = compare(repo, base, names_for(context, settings).production_model, env)
+            production = names_for(context, settings).production_model
+            champion = production if judged.has_model else None
+            comparison = compare(repo, base, champion, env, judged.metrics_files)
             params = changed_params(repo, base) if base else []
         plots, plot_errors = plotting.result()
-    verdict = evaluate(settings.gate, comparison)
-    key = key_metric(settings.gate, comparison)
-    dag = read_dag(root)
-    sources = data_sources(dag, model_pipeline(root, settings, dag))
-    data, base_data = data_versions(root, base, {source.dvcfile for source in sources})
+    verdict = evaluate(judged.gate, comparison)
+    key = key_metric(judged.gate, comparison)
+    data, base_data = data_versions(root, base, {source.dvcfile for source in judged.data})
     document = {
         "schema": SCHEMA,
         "pr": context.pr_number,
@@ -80,7 +83,7 @@ def write_report(
         "champion": {"version": comparison.champion.version} if comparison.champion else None,
         "champion_missing": _optional_text(comparison.champion_missing),
         "key_metric": clean_name(key.name) if key else None,
-        "metrics": _metrics(comparison, settings.gate),
+        "metrics": _metrics(comparison, judged.gate),
         "params": [_param(p) for p in params] if base else None,
         "plots": [_plot(plot, files) for plot in plots],
         "plot_errors": [clean_text(error) for error in plot_errors],

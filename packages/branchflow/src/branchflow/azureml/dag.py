@@ -55,6 +55,7 @@ class Output:
     path: str
     name: str
     returned: bool
+    metric: bool = False  # a DVC `metrics` file
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class _Reader:
                     inputs[path] = Input(path, name, producer, f"out_{ident(path)}")
         paths = [self._rel(out.fs_path) for out in stage.outs]
         outputs = [
-            Output(path, f"out_{ident(path)}", bool(out.metric))
+            Output(path, f"out_{ident(path)}", bool(out.metric), bool(out.metric))
             for path, out in zip(paths, stage.outs, strict=True)
         ]
         _check_unique(
