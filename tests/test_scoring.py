@@ -95,6 +95,31 @@ def test_scoring_maps_the_batch_with_the_pinned_champion(scored: Path) -> None:
     again = sh("dvc", "repro", SCORING, cwd=scored)
     assert "Running stage" not in again.stdout
     assert changed_stages(scored) == set()
+    # What the committed metrics say is what a fresh clone's scoring writes.
+    metrics = json.loads((scored / "data/scoring/metrics.json").read_text())
+    assert metrics == {"agreement": summary["agreement"], "defects": kinds}
+    assert sh("git", "status", "--porcelain", "data/scoring", cwd=scored).stdout == ""
+
+
+def test_the_scoring_pipeline_has_its_own_report_and_gate(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None
+) -> None:
+    """`--pipeline scoring`: its metrics only, no champion, judged by its own gate."""
+    repo = copy_repo(scored)
+    report = sh("branchflow", "report", "--pipeline", "scoring", "--base", "HEAD", cwd=repo)
+    assert report.stdout.startswith("wrote report.md: gate passed")
+    document = json.loads((repo / "report.json").read_text())
+    names = [metric["name"] for metric in document["metrics"]]
+    assert names[0] == "agreement.f1" and not [n for n in names if n.startswith("cnn.")]
+    assert document["champion"] is None
+    assert sh("branchflow", "gate", "--pipeline", "scoring", cwd=repo).returncode == 0
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace('"agreement.f1" = 0.95', '"agreement.f1" = 0.99')
+    )
+    refused = sh("branchflow", "gate", "--pipeline", "scoring", cwd=repo, check=False)
+    assert refused.returncode == 1
+    assert "`agreement.f1` is 0.9767, below the floor 0.9900" in refused.stdout
 
 
 @contextlib.contextmanager

@@ -2,10 +2,11 @@
 
 It reads the class maps `score` wrote (however many shards wrote them) and the batch's
 labels, and writes the summary: the pinned model, defects per video and kind, and precision,
-recall and F1 of the flagged pixels against the labelled ones.
+recall and F1 of the flagged pixels against the labelled ones; and the metrics: the summary's
+agreement and defects per kind, which `branchflow report --pipeline scoring` compares.
 
     python -m badpixels.summarize pipelines/scoring/model.json data/scoring/maps \
-        data/batches/toy/labels.csv data/scoring/summary.json
+        data/batches/toy/labels.csv data/scoring/summary.json data/scoring/metrics.json
 """
 
 from __future__ import annotations
@@ -83,12 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("maps", type=Path, help="folder of .npy class maps")
     parser.add_argument("labels", type=Path, help="labels.csv of the batch")
     parser.add_argument("summary", type=Path, help="summary JSON to write")
+    parser.add_argument("metrics", type=Path, help="metrics JSON to write (the DVC metrics)")
     args = parser.parse_args(argv)
     maps = sorted(args.maps.glob("*.npy"))
     if not maps:
         raise StageError(f"{args.maps}: no class maps; run `dvc repro pipelines/scoring/dvc.yaml`")
     summary = summarize(read_pin(args.pin), [read_map(path) for path in maps], args.labels)
     write_json(args.summary, summary, indent=2)
+    write_json(args.metrics, metrics(summary), indent=2)
+
+
+def metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the scoring pipeline's report and gate judge: agreement and defects per kind."""
+    return {"agreement": summary["agreement"], "defects": summary["defects"]}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ change what `dvc repro` of that pipeline does.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -39,6 +40,10 @@ class Scope:
     gate: GateSettings
     has_model: bool
     data: tuple[DataSource, ...]
+
+    @property
+    def data_hash(self) -> str | None:
+        return _version(self.data)
 
 
 @dataclass(frozen=True)
@@ -111,16 +116,15 @@ def data_sources(dag: Dag, pipeline: Pipeline) -> tuple[DataSource, ...]:
 
 def data_hash(dag: Dag, pipeline: Pipeline) -> str | None:
     """The pipeline's data version: what `register` and `azureml submit` tag runs with."""
-    return data_version((source.path, source.md5) for source in data_sources(dag, pipeline))
+    return _version(data_sources(dag, pipeline))
 
 
-def model_pipeline(root: Path, settings: Settings, dag: Dag) -> Pipeline:
-    """The pipeline that writes the registered model's artifacts; else the default one."""
-    found = _writes_model(settings, dag, find_pipelines(root, settings))
-    return found or find_pipeline(root, settings, None)
+def _version(sources: Iterable[DataSource]) -> str | None:
+    return data_version((source.path, source.md5) for source in sources)
 
 
 def _writes_model(settings: Settings, dag: Dag, pipelines: tuple[Pipeline, ...]) -> Pipeline | None:
+    """The pipeline whose stages write the registered model's artifacts, if any."""
     artifacts = set(settings.model.artifacts.values()) if settings.model else set()
     for pipeline in pipelines:
         steps = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]

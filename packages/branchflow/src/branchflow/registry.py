@@ -51,7 +51,7 @@ from branchflow.config import MODEL_SECTION, SAVED_MODEL, ModelSettings, Setting
 from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements, has_lock
-from branchflow.pipelines import data_hash, model_pipeline
+from branchflow.pipelines import scope
 from branchflow.tracking import (
     LEASE_TAG,
     OWNER_TAG,
@@ -159,9 +159,9 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     model = _model_settings(settings)
     context = resolve_context(root, env, settings)
     names = names_for(context, settings)
-    dag = read_dag(root)
-    data = data_hash(dag, model_pipeline(root, settings, dag))
-    snapshot = read_snapshot(root, data, [*model.artifacts.values(), *model.source_files])
+    judged = scope(root, settings, read_dag(root), None)
+    files = [*model.artifacts.values(), *model.source_files]
+    snapshot = read_snapshot(root, judged.data_hash, files, judged.metrics_files)
     unknown = [key for key in model.key_metrics if key not in snapshot.metrics]
     if unknown:
         raise BranchflowError(

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,9 +242,15 @@ def end_orphans(client: MlflowClient, experiment_id: str) -> None:
         client.set_terminated(run_id, "KILLED")
 
 
-def read_snapshot(root: Path, data_hash: str | None, required: Iterable[str] = ()) -> Snapshot:
-    """Params, metrics and plot files of the workspace at `root`, with its `data_hash` (the
-    data version of the pipeline the snapshot is of: `branchflow.pipelines.data_hash`).
+def read_snapshot(
+    root: Path,
+    data_hash: str | None,
+    required: Iterable[str] = (),
+    metrics_files: Sequence[str] | None = None,
+) -> Snapshot:
+    """Params, metrics (of `metrics_files`, else every one) and plot files of the workspace at
+    `root`, with its `data_hash` (the data version of the pipeline the snapshot is of: see
+    `branchflow.pipelines.scope`).
 
     Every path in `required` and every DVC metrics file must exist; a missing one names the
     stage that writes it.
@@ -255,7 +261,8 @@ def read_snapshot(root: Path, data_hash: str | None, required: Iterable[str] = (
         for path in required:
             if not (root / path).exists():
                 raise BranchflowError(missing_output(repo, path))
-        metrics = _merge(repo, repo.metrics.show())
+        targets = None if metrics_files is None else [str(root / f) for f in metrics_files]
+        metrics = _merge(repo, repo.metrics.show(targets))
         params = _merge(repo, repo.params.show())
         sources = repo.plots.show().get("workspace", {}).get("sources", {}).get("data", {})
     lock = root / LOCK_FILE
