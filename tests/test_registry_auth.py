@@ -16,7 +16,7 @@ import requests
 from branchflow.registry import CANDIDATE, CHAMPION, LOCK_SUFFIX, register
 from tests.conftest import MlflowServer, branch_names, on
 
-pytestmark = pytest.mark.usefixtures("registry_env")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("registry_env")]
 ADMIN = ("admin", "admin-password-0")
 USERS = {"pr-bot": "pr-bot-password-0", "release": "release-password-0"}
 AUTH_CONFIG = """\
