@@ -134,11 +134,13 @@ def test_the_example_has_one_pipeline_that_watches_what_it_runs() -> None:
     assert judged.gate == settings.gate
     assert judged.has_model
     assert [source.path for source in judged.data] == ["data/raw/toy"]
+    assert judged.lockfiles == ("dvc.lock",)  # the report's stage table: its own stages
     scoring = scope(root, settings, read_dag(root), "scoring")
     assert scoring.metrics_files == ("data/scoring/metrics.json",)
     assert scoring.gate == settings.gates["scoring"]
     assert not scoring.has_model  # no champion: it registers nothing
     assert [source.path for source in scoring.data] == ["data/batches/toy"]
+    assert scoring.lockfiles == ("pipelines/scoring/dvc.lock",)
 
 
 def test_a_pipeline_without_metrics_has_nothing_to_judge(tmp_path: Path) -> None:

@@ -247,10 +247,12 @@ def changed_params(repo: Repo, base: Base) -> list[ParamChange]:
     ]
 
 
-def stage_changes(root: Path, base: Base) -> list[StageChange]:
-    """Each stage of the workspace's `dvc.lock` files against the base's: reused, or rerun
-    and why."""
-    current, old = _pipeline(root, None), _pipeline(root, base.commit)
+def stage_changes(
+    root: Path, base: Base, lockfiles: Collection[str] | None = None
+) -> list[StageChange]:
+    """Each stage of the workspace's `dvc.lock` files (`lockfiles`, else every one) against
+    the base's: reused, or rerun and why."""
+    current, old = _pipeline(root, None, lockfiles), _pipeline(root, base.commit, lockfiles)
     producers = {
         out["path"]: name for name, entry in current.items() for out in entry.get("outs", [])
     }
@@ -304,11 +306,15 @@ def _lock(file: str) -> bool:
     return posixpath.basename(file) == LOCK_FILE
 
 
-def _pipeline(root: Path, commit: str | None) -> dict[str, dict[str, Any]]:
-    """Every stage of every `dvc.lock`, in the workspace or in `commit`, by DVC's address
-    (`name` at the root, `folder/dvc.yaml:name` below it), with repository-relative paths."""
+def _pipeline(
+    root: Path, commit: str | None, lockfiles: Collection[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every stage of every `dvc.lock` (of `lockfiles`, if given), in the workspace or in
+    `commit`, by DVC's address (`name` at the root, `folder/dvc.yaml:name` below it), with
+    repository-relative paths."""
+    wanted = _lock if lockfiles is None else (lambda file: _lock(file) and file in lockfiles)
     stages = {}
-    for file, lock in sorted(_documents(root, commit, _lock).items()):
+    for file, lock in sorted(_documents(root, commit, wanted).items()):
         folder = posixpath.dirname(file)
         prefix = f"{posixpath.join(folder, PIPELINE_FILE)}:" if folder else ""
         stages |= {prefix + name: _rooted(entry, folder) for name, entry in _stages(lock).items()}

@@ -40,6 +40,7 @@ class Scope:
     gate: GateSettings
     has_model: bool
     data: tuple[DataSource, ...]
+    lockfiles: tuple[str, ...] | None  # the dvc.lock files of its stages and upstream ones
 
     @property
     def data_hash(self) -> str | None:
@@ -53,7 +54,7 @@ class Pipeline:
 
     @property
     def lockfile(self) -> str:
-        return str(PurePosixPath(self.dvcfile).with_name("dvc.lock"))
+        return _lockfile(self.dvcfile)
 
 
 def find_pipelines(root: Path, settings: Settings) -> tuple[Pipeline, ...]:
@@ -147,7 +148,7 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
         )
     model = _writes_model(settings, dag, found)
     if name is None and model is None:
-        return Scope(None, settings.gate, True, dag.data)
+        return Scope(None, settings.gate, True, dag.data, None)
     pipeline = model if name is None else find_pipeline(root, settings, name)
     own = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]
     metrics = tuple(output.path for step in own for output in step.outputs if output.metric)
@@ -162,6 +163,9 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
         gate=settings.gates.get(pipeline.name, settings.gate if main else GateSettings()),
         has_model=main,
         data=data_sources(dag, pipeline),
+        lockfiles=tuple(
+            sorted({_lockfile(step.dvcfile) for step in pipeline_steps(dag, pipeline)})
+        ),
     )
 
 
@@ -182,7 +186,7 @@ def watched_paths(
         *(f for f in PROJECT_FILES if (root / f).is_file()),
     }
     for step in steps:
-        paths |= {step.dvcfile, str(PurePosixPath(step.dvcfile).with_name("dvc.lock"))}
+        paths |= {step.dvcfile, _lockfile(step.dvcfile)}
         paths |= {params.path for params in step.params}
         paths |= {origins[i.path] for i in step.inputs if i.producer is None}
         paths |= set(step.snapshot_paths)
@@ -190,6 +194,10 @@ def watched_paths(
     folders = {path for path in paths if (root / path).is_dir()}
     inside = {path for path in paths for folder in folders if path.startswith(f"{folder}/")}
     return tuple(sorted(f"{p}/**" if p in folders else p for p in paths - inside))
+
+
+def _lockfile(dvcfile: str) -> str:
+    return str(PurePosixPath(dvcfile).with_name("dvc.lock"))
 
 
 def _default_name(dvcfile: str) -> str:

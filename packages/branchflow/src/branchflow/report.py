@@ -87,7 +87,9 @@ def write_report(
         "params": [_param(p) for p in params] if base else None,
         "plots": [_plot(plot, files) for plot in plots],
         "plot_errors": [clean_text(error) for error in plot_errors],
-        "stages": [_stage(s) for s in stage_changes(root, base)] if base else None,
+        "stages": [_stage(s) for s in stage_changes(root, base, judged.lockfiles)]
+        if base
+        else None,
     }
     source = out.with_suffix(".json")
     source.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
