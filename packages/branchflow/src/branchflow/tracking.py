@@ -342,11 +342,8 @@ def log_snapshot(root: Path, snapshot: Snapshot, model_id: str | None = None) ->
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _first_line(exc: Exception) -> str:

@@ -59,8 +59,5 @@ def upload_source(
 
 
 def _md5(path: Path) -> bytes:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).digest()
