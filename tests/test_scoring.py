@@ -218,6 +218,34 @@ def test_a_new_champion_moves_the_pin_reruns_scoring_only_and_is_served(
         assert np.array_equal(served_map(url, batch_frames(repo, "vid0001")), first_map)
 
 
+def dev_step(name: str) -> str:
+    """The command of dev.yml's full-batch scoring job step called `name`."""
+    workflow = yaml.safe_load((ROOT / ".github/workflows/dev.yml").read_text())
+    steps = workflow["jobs"]["score-full"]["steps"]
+    return next(step["run"] for step in steps if step.get("name") == name)
+
+
+def test_the_dev_build_scores_its_full_batch_by_one_parameter(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None
+) -> None:
+    """dev.yml's `Score it` command, on a committed batch at data/batches/full (here 5 videos of
+    another seed): every video of that batch, and only those, is mapped and judged against its
+    labels."""
+    repo = copy_repo(scored)
+    full = "data/batches/full"
+    sh("python", "-m", "badpixels.synth", "--videos", "5", "--seed", "3", "--out", full, cwd=repo)
+    sh("dvc", "add", "-q", full, cwd=repo)
+    sh("git", "add", f"{full}.dvc", "data/batches/.gitignore", cwd=repo)
+    sh("git", "commit", "-qm", "the full batch", cwd=repo)
+    sh("bash", "-c", dev_step("Score it"), cwd=repo)
+    summary = json.loads((repo / SUMMARY).read_text())
+    videos = {path.stem for path in (repo / full / "videos").iterdir()}
+    assert len(videos) == 5 and set(summary["videos"]) == videos
+    assert {path.stem for path in (repo / MAPS).iterdir()} == videos
+    assert yaml.safe_load((repo / "pipelines/scoring/params.yaml").read_text())["batch"] == full
+    assert summary["agreement"]["f1"] >= 0.95
+
+
 def score_error(repo: Path) -> str:
     """The stage's stderr, run by hand; it must fail with exit status 1."""
     done = subprocess.run(SCORE, cwd=repo, capture_output=True, text=True)
