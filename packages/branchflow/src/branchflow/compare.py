@@ -1,9 +1,11 @@
 """What a branch changed against its base, read from DVC, git and the MLflow registry.
 
 Metrics and params come from DVC's own diffs (`repo.metrics.diff`, `repo.params.diff`), which
-read the base's files from git or, for cached outputs, from DVC's cache or remote; which stages
-reran comes from the base commit's `dvc.lock` files against the workspace's, the record DVC
-itself decides reruns from; the champion's metrics come from its MLflow run and version tags.
+read the base's files from git or, for cached outputs, from DVC's cache or remote; base metrics
+that none of these holds come from the MLflow run `branchflow register` logged for the base
+commit; which stages reran comes from the base commit's `dvc.lock` files against the
+workspace's, the record DVC itself decides reruns from; the champion's metrics come from its
+MLflow run and version tags.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from branchflow.errors import BranchflowError
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from branchflow.tracking import Store
 
 LOCK_FILE = "dvc.lock"
 PIPELINE_FILE = "dvc.yaml"
@@ -65,9 +71,10 @@ class Comparison:
 
     `base_found` is False when the base has no metrics; `base_missing` says why, when the base
     produced metrics (its `dvc.lock` records them) that cannot be read here, and is None for a
-    genuine first run; `champion_missing` says why there is no champion, when there is none;
-    `invalid` names each of this branch's metrics that is not a finite number, and what its
-    file holds.
+    genuine first run; `base_run` is the MLflow run the base's metrics came from, when DVC could
+    not read them (None: DVC read them); `champion_missing` says why there is no champion, when
+    there is none; `invalid` names each of this branch's metrics that is not a finite number,
+    and what its file holds.
     """
 
     base: Base | None
@@ -77,6 +84,7 @@ class Comparison:
     champion_missing: str | None
     invalid: Mapping[str, str] = field(default_factory=dict)
     base_missing: str | None = None
+    base_run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,10 @@ def compare(
     targets: Sequence[str] | None = None,
 ) -> Comparison:
     """This branch's metrics (of the metrics files `targets`, else all) against the base's
-    (DVC's diff) and the `production_model` champion's (MLflow; None: no champion)."""
+    (DVC's diff) and the `production_model` champion's (MLflow; None: no champion).
+
+    With a `production_model` (the scope `branchflow register` logs), base metrics files that
+    DVC cannot read come from the base commit's registered run (`find_base_run`)."""
     if targets is not None:  # DVC reads targets from the working directory
         targets = [os.path.join(repo.root_dir, target) for target in targets]
     shown = repo.metrics.show(targets, revs=[WORKSPACE], hide_workspace=False)[WORKSPACE]
@@ -161,12 +172,13 @@ def compare(
             f"no metrics in the workspace ({problems or 'none declared in dvc.yaml'}); "
             "run `dvc repro` first"
         )
+    root = Path(repo.root_dir)
     diffs: dict[str, dict[str, dict[str, Any]]] = {}
-    missing = None
+    lost: list[str] = []
     if base is not None:
         diff = repo.metrics.diff(a_rev=base.commit, b_rev=WORKSPACE, targets=targets, all=True)
         diffs = diff.get("diff", {})
-        missing = _unreadable(Path(repo.root_dir), base, diff.get("errors", {}).get(base.commit))
+        lost = _lost(root, base, diff.get("errors", {}).get(base.commit))
     rows: dict[tuple[str, str], tuple[float | None, float | None, float | None]] = {}
     for path, values in current.items():
         for name, value in values.items():
@@ -178,9 +190,18 @@ def compare(
             if (path, name) not in rows and old is not None:
                 rows[path, name] = (None, old, None)
     names = qualified_names([*rows, *bad])
+    missing = run_id = None
+    if base is not None and lost:
+        store = configured_store(root, env) if production_model else None
+        run = find_base_run(root, store, base.commit) if store else None
+        filled = _with_base(rows, names, run.data.metrics) if run else rows
+        if run and filled != rows:
+            rows, run_id = filled, run.info.run_id
+        else:
+            missing = _unreadable(base, lost, _searched(store, run) if store else None)
     metrics = tuple(Metric(names[key], *row) for key, row in rows.items())
     champion, no_champion = (
-        find_champion(Path(repo.root_dir), production_model, env)
+        find_champion(root, production_model, env)
         if production_model
         else (None, "this pipeline registers no model")
     )
@@ -192,25 +213,108 @@ def compare(
         champion_missing=no_champion,
         invalid={names[path, name]: f"{what} in {path}" for (path, name), what in bad.items()},
         base_missing=missing,
+        base_run=run_id,
     )
 
 
-def _unreadable(root: Path, base: Base, errors: Mapping[str, Exception] | None) -> str | None:
-    """Why the base's metrics files that its `dvc.lock` files record cannot be read (DVC found
-    them in neither git, the cache nor a remote); None when all could be, or none was produced."""
+def _lost(root: Path, base: Base, errors: Mapping[str, Exception] | None) -> list[str]:
+    """The base's metrics files that its `dvc.lock` files record but DVC could not read (from
+    neither git, the cache nor a remote); empty when all could be, or none was produced."""
     produced = {
         out["path"]
         for entry in _pipeline(root, base.commit).values()
         for out in entry.get("outs", [])
     }
-    lost = sorted(path for path in (errors or {}) if path in produced)
-    if not lost:
-        return None
+    return sorted(path for path in (errors or {}) if path in produced)
+
+
+def _unreadable(base: Base, lost: Sequence[str], searched: str | None = None) -> str:
+    """Why the base's metrics files `lost` cannot be read, and how to fix it; `searched` says
+    what was looked for in MLflow (None: no registry was asked)."""
+    where = "git, this DVC cache nor its remote"
+    if searched:
+        where = f"git, this DVC cache, its remote nor {searched}"
     return (
         f"the base's metrics ({', '.join(lost)} at {base.ref}, {base.commit[:7]}) are in neither "
-        "git, this DVC cache nor its remote: run `dvc fetch --all-branches --type metrics` "
-        "with the remote that holds them, or `dvc push` from the base's build"
+        f"{where}: run `dvc fetch --all-branches --type metrics` with the remote that holds "
+        f"them, or `dvc push`{' or `branchflow register`' if searched else ''} from the base's "
+        "build"
     )
+
+
+def configured_store(root: Path, env: Mapping[str, str]) -> Store | None:
+    """The MLflow registry `branchflow register` would use (`$MLFLOW_TRACKING_URI`, else the
+    project's `mlflow.db`), or None when neither is there."""
+    from branchflow.tracking import LOCAL_DB, store_for
+
+    if not env.get("MLFLOW_TRACKING_URI") and not (root / LOCAL_DB).is_file():
+        return None
+    return store_for(root, env)
+
+
+def find_base_run(root: Path, store: Store, commit: str) -> Run | None:
+    """The newest finished run that `branchflow register` logged for `commit` from a clean
+    workspace, in an experiment of this project (tagged with its base name); None if none."""
+    from mlflow.entities import ViewType
+
+    from branchflow.config import load_settings
+    from branchflow.tracking import COMMIT_TAG, DIRTY_TAG, connect, mlflow_errors
+
+    query = (
+        f"tags.{COMMIT_TAG} = '{commit}' and tags.{DIRTY_TAG} = 'false' "
+        "and attributes.status = 'FINISHED'"
+    )
+    newest = ["attributes.start_time DESC"]
+    client = connect(store)
+    with mlflow_errors(store):
+        experiments = _project_experiments(client, load_settings(root).base_name)
+        if not experiments:
+            return None
+        runs = client.search_runs(experiments, query, ViewType.ACTIVE_ONLY, 1, newest)
+    return runs[0] if runs else None
+
+
+def _project_experiments(client: MlflowClient, project: str) -> list[str]:
+    """The ids of the active experiments tagged as `project`'s (`ensure_experiment`)."""
+    from mlflow.entities import ViewType
+
+    from branchflow.tracking import PROJECT_TAG
+
+    found, token = [], None
+    while True:
+        page = client.search_experiments(ViewType.ACTIVE_ONLY, page_token=token)
+        found += [e.experiment_id for e in page if e.tags.get(PROJECT_TAG) == project]
+        token = page.token
+        if not token:
+            return found
+
+
+def _searched(store: Store, run: Run | None) -> str:
+    """What the MLflow lookup of the base's metrics looked for, for `_unreadable`."""
+    if run is None:
+        return (
+            "a finished `branchflow register` run of that commit from a clean workspace in "
+            f"MLflow at {store.uri}"
+        )
+    return (
+        f"MLflow run {run.info.run_id} of that commit at {store.uri}, which has none of this "
+        "branch's metrics"
+    )
+
+
+def _with_base(
+    rows: Mapping[tuple[str, str], tuple[float | None, float | None, float | None]],
+    names: Mapping[tuple[str, str], str],
+    metrics: Mapping[str, float],
+) -> dict[tuple[str, str], tuple[float | None, float | None, float | None]]:
+    """`rows` with each base that DVC lacks taken from `metrics` (by qualified name), and its
+    change."""
+    filled = dict(rows)
+    for key, (value, old, _) in rows.items():
+        found = metrics.get(names[key])
+        if old is None and value is not None and found is not None:
+            filled[key] = (value, found, value - found)
+    return filled
 
 
 def _metrics_file(repo: Repo, path: str) -> dict[str, object]:
@@ -347,11 +451,11 @@ def find_champion(
     `metric.<name>` tags (written by `branchflow register`) fill in what the run lacks.
     """
     from branchflow.registry import CHAMPION, current_champion
-    from branchflow.tracking import LOCAL_DB, connect, mlflow_errors, store_for
+    from branchflow.tracking import LOCAL_DB, connect, mlflow_errors
 
-    if not env.get("MLFLOW_TRACKING_URI") and not (root / LOCAL_DB).is_file():
+    store = configured_store(root, env)
+    if store is None:
         return None, f"no MLflow registry configured (MLFLOW_TRACKING_URI unset, no {LOCAL_DB})"
-    store = store_for(root, env)
     client = connect(store)
     with mlflow_errors(store):
         version = current_champion(client, model)

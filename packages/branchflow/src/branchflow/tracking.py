@@ -35,6 +35,8 @@ LOCAL_ARTIFACTS = "mlartifacts"
 LOCK_FILE = "dvc.lock"
 BRANCH_TAG = "branch"  # on experiments, runs and model versions: the raw branch name
 PROJECT_TAG = "project"  # on experiments: the project's base name
+COMMIT_TAG = "commit"  # on runs and model versions: the commit built
+DIRTY_TAG = "dirty"  # on runs and model versions: `true` when the workspace differed from it
 OWNER_TAG = "branchflow.owner"  # `host:pid` of the process that holds a run or a lock
 LEASE_TAG = "branchflow.lease_until"  # seconds since the epoch; then the holder counts as gone
 RUN_LEASE_S = 3600  # a run of another host counts as orphaned after this long
@@ -318,8 +320,8 @@ def run_tags(context: Context, snapshot: Snapshot) -> dict[str, str]:
     """Tags that tie a run to its branch, commit, CI run, data and pipeline state."""
     tags = {
         BRANCH_TAG: context.branch,
-        "commit": context.commit,
-        "dirty": str(context.dirty).lower(),
+        COMMIT_TAG: context.commit,
+        DIRTY_TAG: str(context.dirty).lower(),
         "pr": None if context.pr_number is None else str(context.pr_number),
         "ci_run_url": context.run_url,
         "data_hash": snapshot.data_hash,
