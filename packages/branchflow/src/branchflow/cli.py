@@ -200,6 +200,40 @@ def check_command(ctx: click.Context) -> None:
     ctx.exit(EXIT_VERDICT if failed else EXIT_OK)
 
 
+@main.command("init")
+@click.option(
+    "--check",
+    is_flag=True,
+    help=f"Write nothing; show a diff and exit {EXIT_VERDICT} if the files differ from what the "
+    "config gives.",
+)
+@click.pass_context
+def init_command(ctx: click.Context, check: bool) -> None:
+    """Set this DVC project up: detect how it installs, lints and tests (into
+    [tool.branchflow.ci], on the first run), write .github/ and the ignore entries."""
+    from branchflow.ci.init import apply, plan
+
+    root = Path.cwd()
+    planned = plan(root)
+    if check:
+        diff = planned.diff(root)
+        if diff:
+            click.echo(diff, nl=False)
+            click.echo(  # a verdict on the change, like `azureml compile --check`'s
+                "error: the generated files differ from [tool.branchflow]; run `branchflow "
+                "init` and commit",
+                err=True,
+            )
+            ctx.exit(EXIT_VERDICT)
+        click.echo(f"all {len(planned.files)} files match [tool.branchflow]")
+        return
+    changed = apply(root, planned)
+    for path in changed:
+        click.echo(f"{'removed' if path in planned.stale else 'wrote'} {path}")
+    if not changed:
+        click.echo("nothing to change")
+
+
 _FORMAT = click.option(
     "--format",
     "output_format",

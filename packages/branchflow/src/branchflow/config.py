@@ -188,6 +188,71 @@ class DriftSettings:
     ignore: tuple[str, ...] = ()
 
 
+CI_SECTION = "[tool.branchflow.ci]"
+INSTALL_METHODS = ("uv", "requirements", "pip")
+
+
+@dataclass(frozen=True)
+class CIPipeline:
+    """`[tool.branchflow.ci.pipelines.<name>]`: the data a pipeline's builds use.
+
+    `pull`: the PR build's `dvc pull` targets (default: the pipeline's `.dvc` sources). The dev
+    build pulls `dev_pull` from the DVC remote `dev_remote` and runs `dvc exp run -S` with each
+    of `dev_params` (say `data.raw=data/raw/full`); without them it reruns the PR build's data.
+    """
+
+    pull: tuple[str, ...] | None = None
+    dev_remote: str | None = None
+    dev_pull: tuple[str, ...] = ()
+    dev_params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """`[tool.branchflow.ci.retrain]`: scheduled retraining on drift (retrain.yml).
+
+    `statistics` is a command run as `<statistics> <data> <out.json>`; `reference` is the
+    committed statistics of the champion's data; `param` is the params.yaml key naming the
+    data folder (`data.raw`), set to `data` for the retrain. Without `statistics` no
+    retrain.yml is written.
+    """
+
+    statistics: str | None = None
+    data: str | None = None
+    reference: str | None = None
+    param: str | None = None
+    schedule: str = "17 3 * * 1"  # cron, UTC: Mondays at 03:17
+
+
+@dataclass(frozen=True)
+class CISettings:
+    """`[tool.branchflow.ci]`: what `branchflow init` detected, from which it writes `.github/`.
+
+    `install`: "uv" (`uv sync --locked`), "requirements" (`requirements` files) or "pip"
+    (`pip install -e .`). `branchflow`: the requirement that installs branchflow, empty when the
+    project's own install brings it (a uv lock holding it). `renderer`: the folder of
+    branchflow's source in this repository, which the comment jobs check out; empty: they
+    install `branchflow` alone. `lint` and `test`: the PR checks' commands. `torch`: dependency
+    groups `cpu` and `cuda` pick torch's build (uv only); `azureml_groups`: uv groups the Azure
+    ML job adds.
+    """
+
+    install: str = "pip"
+    requirements: tuple[str, ...] = ()
+    branchflow: str = "branchflow[report,azure]"
+    renderer: str = ""
+    python: str = "3.11"
+    lint: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    torch: bool = False
+    azureml_groups: tuple[str, ...] = ()
+    pipelines: Mapping[str, CIPipeline] = field(default_factory=dict)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
+
+
+CI_KEYS = tuple(f.name for f in fields(CISettings))
+CI_PIPELINE_KEYS = tuple(f.name for f in fields(CIPipeline))
+RETRAIN_KEYS = tuple(f.name for f in fields(RetrainSettings))
 DRIFT_KEYS = tuple(f.name for f in fields(DriftSettings))
 AZUREML_ENVIRONMENT_KEYS = tuple(f.name for f in fields(AzureMLEnvironment))
 AZUREML_STAGE_KEYS = tuple(f.name for f in fields(AzureMLStage))
@@ -210,16 +275,29 @@ class Settings:
     drift: DriftSettings = field(default_factory=DriftSettings)
     pipelines: Mapping[str, str] = field(default_factory=dict)  # dvc.yaml path -> its name
     gates: Mapping[str, GateSettings] = field(default_factory=dict)  # pipeline name -> its gate
+    ci: CISettings = field(default_factory=CISettings)
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
-TABLES = ("gate", "model", "azureml", "drift", "pipelines", "gates")  # the keys that are sub-tables
+TABLES = (
+    "gate",
+    "model",
+    "azureml",
+    "drift",
+    "pipelines",
+    "gates",
+    "ci",
+)  # the keys that are sub-tables
 
 
 def load_settings(root: Path) -> Settings:
     """Read `root/pyproject.toml`; a missing file or table gives the defaults."""
     path = root / PYPROJECT
-    document = _read_toml(path)
+    return parse_settings(path, root, _read_toml(path))
+
+
+def parse_settings(path: Path, root: Path, document: dict[str, Any]) -> Settings:
+    """The settings of the project in `root` from `document`, the parsed `path`."""
     section = "[tool.branchflow]"
     table = _table(path, section, document.get("tool", {}).get("branchflow", {}), KNOWN_KEYS)
     values = {key: _string(path, key, value) for key, value in table.items() if key not in TABLES}
@@ -239,6 +317,7 @@ def load_settings(root: Path) -> Settings:
             name: _gate_settings(path, gate, f"[tool.branchflow.gates.{name}]")
             for name, gate in _table(path, GATES_SECTION, table.get("gates", {})).items()
         },
+        ci=_ci_settings(path, table.get("ci", {})),
     )
     _check_pattern(path, settings.name_pattern)
     return settings
@@ -532,6 +611,64 @@ def _relative_paths(path: Path, key: str, value: object) -> tuple[str, ...]:
                 "repository, relative to its root"
             )
     return paths
+
+
+def _ci_settings(path: Path, table: object) -> CISettings:
+    table = _table(path, CI_SECTION, table, CI_KEYS)
+    install = table.get("install", "pip")
+    if install not in INSTALL_METHODS:
+        raise BranchflowError(
+            f"{path}: {CI_SECTION} install must be one of {', '.join(INSTALL_METHODS)}, "
+            f"got {install!r}"
+        )
+    torch = table.get("torch", False)
+    if not isinstance(torch, bool):
+        raise BranchflowError(f"{path}: {CI_SECTION} torch must be true or false, got {torch!r}")
+    pipelines = _table(path, f"{CI_SECTION} pipelines", table.get("pipelines", {}))
+    return CISettings(
+        install=install,
+        requirements=_relative_paths(path, "ci.requirements", table.get("requirements", [])),
+        branchflow=_text(path, "ci.branchflow", table.get("branchflow", CISettings.branchflow)),
+        renderer=_text(path, "ci.renderer", table.get("renderer", "")),
+        python=_string(path, "ci.python", table.get("python", "3.11")),
+        lint=_strings(path, "ci.lint", table.get("lint", [])),
+        test=_strings(path, "ci.test", table.get("test", [])),
+        torch=torch,
+        azureml_groups=_strings(path, "ci.azureml_groups", table.get("azureml_groups", [])),
+        pipelines={name: _ci_pipeline(path, name, value) for name, value in pipelines.items()},
+        retrain=_retrain_settings(path, table.get("retrain", {})),
+    )
+
+
+def _ci_pipeline(path: Path, name: str, table: object) -> CIPipeline:
+    key = f"ci.pipelines.{name}"
+    table = _table(path, f"[tool.branchflow.{key}]", table, CI_PIPELINE_KEYS)
+    pull = table.get("pull")
+    remote = table.get("dev_remote")
+    return CIPipeline(
+        pull=None if pull is None else _relative_paths(path, f"{key}.pull", pull),
+        dev_remote=None if remote is None else _string(path, f"{key}.dev_remote", remote),
+        dev_pull=_relative_paths(path, f"{key}.dev_pull", table.get("dev_pull", [])),
+        dev_params=_strings(path, f"{key}.dev_params", table.get("dev_params", [])),
+    )
+
+
+def _retrain_settings(path: Path, table: object) -> RetrainSettings:
+    table = _table(path, "[tool.branchflow.ci.retrain]", table, RETRAIN_KEYS)
+    values = {key: _string(path, f"ci.retrain.{key}", value) for key, value in table.items()}
+    if values.get("statistics") and not {"data", "reference"} <= set(values):
+        raise BranchflowError(
+            f"{path}: [tool.branchflow.ci.retrain] statistics needs data (the folder to watch) "
+            "and reference (the champion data's statistics); add them"
+        )
+    return RetrainSettings(**values)
+
+
+def _text(path: Path, key: str, value: object) -> str:
+    """A string that may be empty."""
+    if not isinstance(value, str):
+        raise BranchflowError(f"{path}: [tool.branchflow] {key} must be a string, got {value!r}")
+    return value
 
 
 def _drift_settings(path: Path, table: object) -> DriftSettings:

@@ -17,6 +17,7 @@ from pathlib import Path
 from branchflow.errors import BranchflowError
 
 LOCK_FILE = "uv.lock"
+REQUIREMENTS_FILE = "requirements.txt"  # pip's: the install of a project without a lock
 # `torch==2.13.0+cpu`: a local version label names a build on one index, not a release.
 _LOCAL_LABEL = re.compile(r"^([A-Za-z0-9._-]+==[^+;\s]+)\+[A-Za-z0-9.]+")
 
@@ -25,12 +26,20 @@ def environment_requirements(
     root: Path, configured: Sequence[str] | None, groups: Sequence[str] = ()
 ) -> tuple[str, ...]:
     """What an environment built for the project installs: the configured list if any, else the
-    lock's pins, else `[project].dependencies` as written (a project without a lock)."""
+    lock's pins, else `requirements.txt`'s requirements, else `[project].dependencies` as
+    written."""
     if configured is not None:
         return tuple(configured)
     if has_lock(root):
         return locked_requirements(root, groups)
-    with (root / "pyproject.toml").open("rb") as handle:
+    requirements = root / REQUIREMENTS_FILE
+    if requirements.is_file():
+        lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+        return tuple(line for line in lines if line and not line.startswith("-"))
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        return ()
+    with pyproject.open("rb") as handle:
         return tuple(tomllib.load(handle).get("project", {}).get("dependencies", []))
 
 

@@ -124,7 +124,9 @@ def _version(sources: Iterable[DataSource]) -> str | None:
     return data_version((source.path, source.md5) for source in sources)
 
 
-def _writes_model(settings: Settings, dag: Dag, pipelines: tuple[Pipeline, ...]) -> Pipeline | None:
+def model_pipeline(
+    settings: Settings, dag: Dag, pipelines: tuple[Pipeline, ...]
+) -> Pipeline | None:
     """The pipeline whose stages write the registered model's artifacts, if any."""
     artifacts = set(settings.model.artifacts.values()) if settings.model else set()
     for pipeline in pipelines:
@@ -146,7 +148,7 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
             f"[tool.branchflow.gates] names {', '.join(unknown)}, which is no pipeline; "
             f"pipelines: {', '.join(p.name for p in found)}"
         )
-    model = _writes_model(settings, dag, found)
+    model = model_pipeline(settings, dag, found)
     if name is None and model is None:
         return Scope(None, settings.gate, True, dag.data, None)
     pipeline = model if name is None else find_pipeline(root, settings, name)

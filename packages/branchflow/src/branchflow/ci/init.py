@@ -1,0 +1,210 @@
+"""`branchflow init`: set a DVC project up once, then keep `.github/` equal to its config.
+
+The first run detects how the project installs, lints and tests, and writes what it found as
+`[tool.branchflow.ci]` in pyproject.toml (the project owns it from then on); every run writes
+the ignore entries and the files `branchflow.ci.workflows` generates. `--check` writes nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from branchflow.ci.workflows import generated_files, stale_files
+from branchflow.config import PYPROJECT, parse_settings
+from branchflow.errors import BranchflowError
+
+GITIGNORE = ".gitignore"
+IGNORED = (  # what branchflow writes into a workspace: never committed
+    "/mlflow.db",
+    "/mlartifacts/",
+    "/report.json",
+    "/report.md",
+    "/report_files/",
+    "/gate-exit.txt",
+)
+IGNORE_HEADER = "# branchflow: the local MLflow store and what `branchflow report` writes"
+LINTERS = {  # a linter's config file -> the PR checks' commands
+    "ruff": ("ruff check", "ruff format --check"),
+    "flake8": ("flake8",),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `init` would write: every file's new text by path, and the files to delete."""
+
+    files: dict[str, str]
+    stale: list[str]
+
+    def changes(self, root: Path) -> list[str]:
+        """The paths whose text on disk differs from the plan."""
+        return sorted(
+            {*self.stale, *(p for p, text in self.files.items() if _read(root / p) != text)}
+        )
+
+    def diff(self, root: Path) -> str:
+        chunks: list[str] = []
+        for path in self.changes(root):
+            old, new = _read(root / path), self.files.get(path)
+            chunks += difflib.unified_diff(
+                (old or "").splitlines(keepends=True),
+                (new or "").splitlines(keepends=True),
+                fromfile=f"a/{path}" if old is not None else "/dev/null",
+                tofile=f"b/{path}" if new is not None else "/dev/null",
+            )
+        return "".join(chunks)
+
+
+def plan(root: Path) -> Plan:
+    """The files `init` writes in `root`, from its config (detected first if it has none)."""
+    _require_dvc_project(root)
+    files = {PYPROJECT: _pyproject_text(root), GITIGNORE: _gitignore_text(root)}
+    document = tomllib.loads(files[PYPROJECT])
+    workflows = generated_files(root, parse_settings(root / PYPROJECT, root, document))
+    files.update(workflows)
+    return Plan(files, stale_files(root, workflows))
+
+
+def apply(root: Path, planned: Plan) -> list[str]:
+    """Write the plan atomically file by file; return what changed."""
+    changed = planned.changes(root)
+    for path in planned.stale:
+        (root / path).unlink()
+    for path in changed:
+        if path in planned.files:
+            _write_atomic(root / path, planned.files[path])
+    return changed
+
+
+def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """`[tool.branchflow.ci]` for the project in `root`, from its files."""
+    groups = document.get("dependency-groups", {})
+    uv = (root / "uv.lock").is_file()
+    requirements = sorted(p.name for p in root.glob("requirements*.txt") if p.is_file())
+    table: dict[str, Any] = {
+        "install": "uv"
+        if uv
+        else "requirements"
+        if requirements or "project" not in document
+        else "pip",
+    }
+    if not uv and requirements:
+        table["requirements"] = requirements
+    table["branchflow"] = "" if uv and _locks_branchflow(root) else "branchflow[report,azure]"
+    renderer = _renderer_source(root)
+    if renderer:
+        table["renderer"] = renderer
+    python = root / ".python-version"
+    if python.is_file():
+        table["python"] = python.read_text(encoding="utf-8").strip()
+    table["lint"] = list(_lint_commands(root, document))
+    table["test"] = ["pytest"] if _has_tests(root, document) else []
+    if uv and {"cpu", "cuda"} <= set(groups):
+        table["torch"] = True
+    if uv and "azureml" in groups:
+        table["azureml_groups"] = ["azureml"]
+    return table
+
+
+def _pyproject_text(root: Path) -> str:
+    """pyproject.toml with `[tool.branchflow.ci]` (and a `base_name`) added when missing."""
+    import tomlkit  # keeps comments and layout; only `init` edits pyproject.toml
+
+    path = root / PYPROJECT
+    text = _read(path) or ""
+    try:
+        document = tomlkit.parse(text)
+    except tomlkit.exceptions.TOMLKitError as error:
+        raise BranchflowError(f"{path}: not valid TOML ({error}); fix it, then rerun") from None
+    plain = tomllib.loads(text)
+    branchflow = plain.get("tool", {}).get("branchflow", {})
+    if "ci" in branchflow and ("base_name" in branchflow or "name" in plain.get("project", {})):
+        return text
+    tool = document.setdefault("tool", tomlkit.table(is_super_table=True))
+    table = tool.setdefault("branchflow", tomlkit.table())
+    if "base_name" not in branchflow and "name" not in plain.get("project", {}):
+        table["base_name"] = _folder_name(root)
+    if "ci" not in branchflow:
+        ci = tomlkit.table()
+        ci.comment("detected by `branchflow init`; .github/ is generated from it")
+        for key, value in detect(root, plain).items():
+            ci[key] = value
+        table["ci"] = ci
+    return tomlkit.dumps(document)
+
+
+def _gitignore_text(root: Path) -> str:
+    text = _read(root / GITIGNORE) or ""
+    present = {line.strip() for line in text.splitlines()}
+    missing = [
+        entry for entry in IGNORED if entry not in present and entry.lstrip("/") not in present
+    ]
+    if not missing:
+        return text
+    block = "\n".join([IGNORE_HEADER, *missing]) + "\n"
+    return f"{text}{'' if not text or text.endswith(chr(10)) else chr(10)}{block}"
+
+
+def _require_dvc_project(root: Path) -> None:
+    if not (root / ".dvc").is_dir() or not (root / ".git").exists():
+        raise BranchflowError(
+            f"{root} is not the root of a git repository with DVC; run `branchflow init` there "
+            "(after `git init` and `dvc init`)"
+        )
+
+
+def _locks_branchflow(root: Path) -> bool:
+    lock = tomllib.loads((root / "uv.lock").read_text(encoding="utf-8"))
+    return any(package.get("name") == "branchflow" for package in lock.get("package", []))
+
+
+def _renderer_source(root: Path) -> str:
+    """The source folder of branchflow in this repository, if the project is branchflow's."""
+    for candidate in ("src", *(f"packages/{p.name}/src" for p in sorted(root.glob("packages/*")))):
+        if (root / candidate / "branchflow" / "render.py").is_file():
+            return candidate
+    return ""
+
+
+def _lint_commands(root: Path, document: dict[str, Any]) -> tuple[str, ...]:
+    if "ruff" in document.get("tool", {}) or any(
+        (root / name).is_file() for name in ("ruff.toml", ".ruff.toml")
+    ):
+        return LINTERS["ruff"]
+    setup_cfg = _read(root / "setup.cfg") or ""
+    if (root / ".flake8").is_file() or "[flake8]" in setup_cfg:
+        return LINTERS["flake8"]
+    return ()
+
+
+def _has_tests(root: Path, document: dict[str, Any]) -> bool:
+    if "pytest" in document.get("tool", {}) or (root / "pytest.ini").is_file():
+        return True
+    folders = [root / "tests", root / "test"]
+    return any(next(folder.rglob("test_*.py"), None) for folder in folders if folder.is_dir())
+
+
+def _folder_name(root: Path) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-") or "project"
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o644
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.chmod(name, mode)
+    os.replace(name, path)

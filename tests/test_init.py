@@ -1,0 +1,375 @@
+"""`branchflow init` on projects it has never seen: detection, idempotence, `--check`, path
+filters, linters on the generated workflows and, end to end, a project from `init` through its
+PR builds, register, report, gate, promote and `azureml compile`: real git, DVC and MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from branchflow.ci.init import detect
+from tests.conftest import ROOT, hide_ci_variables, init_repo, sh
+from tests.shapes_project import make_shapes_repo
+from tests.sklearn_project import make_sklearn_repo
+from tests.test_pipelines import github_glob
+from tests.test_workflows import (
+    actionlint,
+    checkout_pull_request,
+    github_env,
+    load,
+    run_job,
+    zizmor,
+)
+
+README = ROOT / "README.md"
+ADOPT = "## Adopt branchflow in your project"
+
+
+@pytest.fixture(scope="module")
+def toolkit_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """branchflow's wheel, as the comment jobs of a foreign project install it."""
+    out = tmp_path_factory.mktemp("wheel")
+    sh(sys.executable, "-m", "uv", "build", "-q", "--package", "branchflow", "--wheel",
+       "--out-dir", str(out), cwd=ROOT)  # fmt: skip
+    (wheel,) = out.glob("branchflow-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shapes project on `main`, before `init`. Copy it before changing it."""
+    return make_shapes_repo(tmp_path_factory.mktemp("shapes") / "repo")
+
+
+@pytest.fixture
+def initialised(shapes: Path, copy_repo: Callable[[Path], Path]) -> Path:
+    """A copy of the shapes project after `branchflow init`, committed."""
+    repo = copy_repo(shapes)
+    sh("branchflow", "init", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "CI from branchflow init", cwd=repo)
+    return repo
+
+
+def init(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return sh("branchflow", "init", *args, cwd=repo, check=False)
+
+
+def workflows(repo: Path) -> dict[str, dict]:
+    return {p.name: load(p) for p in sorted((repo / ".github/workflows").glob("*.yml"))}
+
+
+def started_builds(repo: Path, changed: str) -> set[str]:
+    """The PR builds whose path filters a change to `changed` matches."""
+    return {
+        name
+        for name, workflow in workflows(repo).items()
+        if any(
+            github_glob(p).fullmatch(changed)
+            for p in (workflow["on"].get("pull_request") or {}).get("paths", [])
+        )
+    }
+
+
+def test_init_detects_writes_and_then_changes_nothing(shapes: Path, copy_repo) -> None:
+    repo = copy_repo(shapes)
+    first = init(repo)
+    assert first.returncode == 0, first.stderr
+    written = {line.split(" ", 1)[1] for line in first.stdout.splitlines()}
+    assert {".github/workflows/pr-train.yml", ".github/workflows/pr-score.yml"} <= written
+    assert {"pyproject.toml", ".gitignore", ".github/actions/setup/action.yml"} <= written
+    settings = yaml.safe_load(json.dumps(_branchflow_table(repo)))
+    assert (
+        settings["base_name"] == "repo"
+    )  # no [project].name: the name no longer hangs on the folder
+    assert settings["ci"] == {
+        "install": "requirements",
+        "requirements": ["requirements.txt"],
+        "branchflow": "branchflow[report,azure]",
+        "lint": [],
+        "test": [],
+    }
+    ignored = (repo / ".gitignore").read_text().splitlines()
+    assert {"/mlflow.db", "/mlartifacts/", "/report_files/", "/report.json"} <= set(ignored)
+    assert init(repo).stdout == "nothing to change\n"
+    checked = init(repo, "--check")
+    assert checked.returncode == 0 and checked.stdout.startswith("all "), checked.stderr
+
+
+def _branchflow_table(repo: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["branchflow"]
+
+
+def test_check_fails_on_a_hand_edit_or_a_config_change_and_init_repairs(initialised: Path) -> None:
+    pr = initialised / ".github/workflows/pr.yml"
+    pr.write_text(pr.read_text().replace("branchflow check", "true"))
+    checked = init(initialised, "--check")
+    assert checked.returncode == 1
+    assert (
+        "+++ b/.github/workflows/pr.yml" in checked.stdout
+        and "+        run: branchflow check" in checked.stdout
+    )
+    assert checked.stderr.count("\n") == 1 and "run `branchflow init`" in checked.stderr
+    pyproject = initialised / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("lint = []", 'lint = ["ruff check"]'))
+    assert init(initialised, "--check").returncode == 1
+    assert init(initialised).stdout.splitlines() == ["wrote .github/workflows/pr.yml"]
+    checks = workflows(initialised)["pr.yml"]["jobs"]["checks"]["steps"]
+    assert {"run": "ruff check"} in checks and {
+        "run": "branchflow check",
+        "name": checks[3]["name"],
+    } in checks
+    assert init(initialised, "--check").returncode == 0
+
+
+def test_a_removed_pipeline_loses_its_build_and_hand_written_workflows_stay(
+    initialised: Path,
+) -> None:
+    own = initialised / ".github/workflows/nightly.yml"
+    own.write_text("name: nightly\non: workflow_dispatch\njobs: {}\n")
+    sh("git", "rm", "-q", "-r", "pipelines/score", cwd=initialised)
+    changed = init(initialised).stdout.splitlines()
+    assert "removed .github/workflows/pr-score.yml" in changed
+    assert own.is_file()
+    comment = workflows(initialised)["pr-comment.yml"]
+    assert comment["on"]["workflow_run"]["workflows"] == ["pr-train"]
+
+
+@pytest.mark.parametrize(
+    ("changed", "builds"),
+    [
+        # score reads train's model, so what train reads starts both builds
+        ("pipelines/train/config/split.yaml", {"pr-train.yml", "pr-score.yml"}),
+        ("pipelines/train/params.yaml", {"pr-train.yml", "pr-score.yml"}),
+        ("src/train.py", {"pr-train.yml", "pr-score.yml"}),
+        ("data/rows.json.dvc", {"pr-train.yml", "pr-score.yml"}),
+        ("pipelines/train/dvc.yaml", {"pr-train.yml", "pr-score.yml"}),
+        ("pipelines/score/dvc.yaml", {"pr-score.yml"}),
+        ("src/score.py", {"pr-score.yml"}),  # the wdir stage's code
+        ("data/batch.json.dvc", {"pr-score.yml"}),
+        ("requirements.txt", {"pr-train.yml", "pr-score.yml"}),
+        ("README.md", set()),
+    ],
+)
+def test_a_change_starts_only_the_builds_of_the_pipelines_it_can_change(
+    initialised: Path, changed: str, builds: set[str]
+) -> None:
+    assert started_builds(initialised, changed) == builds
+
+
+@pytest.mark.parametrize("project", ["shapes", "sklearn"])
+def test_the_generated_workflows_pass_actionlint_and_zizmor(
+    project: str, shapes: Path, copy_repo, tmp_path: Path
+) -> None:
+    repo = copy_repo(shapes) if project == "shapes" else make_sklearn_repo(tmp_path / "repo")
+    sh("branchflow", "init", cwd=repo)
+    github = repo / ".github"
+    linted = actionlint(*sorted((github / "workflows").glob("*.yml")))
+    assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
+    for options in ((), ("--persona", "auditor")):
+        audited = zizmor(github, *options)
+        assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def detected(tmp_path: Path, files: dict[str, str]) -> dict:
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    import tomllib
+
+    pyproject = tmp_path / "pyproject.toml"
+    return detect(tmp_path, tomllib.loads(pyproject.read_text()) if pyproject.is_file() else {})
+
+
+def test_detection_reads_how_a_project_installs_lints_and_tests(tmp_path: Path) -> None:
+    uv = detected(
+        tmp_path / "uv",
+        {
+            "pyproject.toml": '[project]\nname = "a"\n[tool.ruff]\n[dependency-groups]\n'
+            "cpu = []\ncuda = []\nazureml = []\n",
+            "uv.lock": 'version = 1\n[[package]]\nname = "a"\nversion = "1"\n',
+            "tests/test_a.py": "",
+            ".python-version": "3.12\n",
+        },
+    )
+    assert uv == {
+        "install": "uv",
+        "branchflow": "branchflow[report,azure]",  # the lock does not hold it
+        "python": "3.12",
+        "lint": ["ruff check", "ruff format --check"],
+        "test": ["pytest"],
+        "torch": True,
+        "azureml_groups": ["azureml"],
+    }
+    pip = detected(tmp_path / "pip", {"pyproject.toml": '[project]\nname = "b"\n', ".flake8": ""})
+    assert (pip["install"], pip["lint"], pip["test"]) == ("pip", ["flake8"], [])
+    both = detected(
+        tmp_path / "req",
+        {"requirements.txt": "x\n", "requirements-dev.txt": "y\n", "pytest.ini": ""},
+    )
+    assert (both["install"], both["requirements"], both["test"]) == (
+        "requirements",
+        ["requirements-dev.txt", "requirements.txt"],
+        ["pytest"],
+    )
+
+
+def test_this_repository_s_github_folder_is_what_init_writes() -> None:
+    """No second copy kept by hand: the checked-in `.github/` is init's output for this config."""
+    checked = sh("branchflow", "init", "--check", cwd=ROOT, check=False)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr
+
+
+def test_init_refuses_what_is_not_a_dvc_project_and_broken_toml(tmp_path: Path) -> None:
+    plain = init_repo(write(tmp_path / "plain" / "README.md", "x\n").parent)
+    refused = init(plain)
+    assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "git repository with DVC" in refused.stderr and "Traceback" not in refused.stderr
+    broken = write(tmp_path / "broken" / "pyproject.toml", "[tool.branchflow\n").parent
+    init_repo(broken)
+    sh("dvc", "init", "-q", cwd=broken)
+    failed = init(broken)
+    assert failed.returncode == 3 and "pyproject.toml: not valid TOML" in failed.stderr
+    assert (broken / "pyproject.toml").read_text() == "[tool.branchflow\n"  # nothing lost
+    assert not (broken / ".github").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('install = "requirements"', 'install = "conda"', "install must be one of uv,"),
+        ("lint = []", 'lint = "ruff check"', "ci.lint must be a list of non-empty strings"),
+        ("lint = []", "lint = []\ntorch = 'yes'", "torch must be true or false"),
+        ("lint = []", "lint = []\ntypo = 1", "unknown key 'typo'"),
+        ("lint = []", "lint = []\nretrain = { statistics = 'stats' }", "statistics needs data"),
+        ("lint = []", "lint = []\npipelines.x = { pull = ['/abs'] }", "a folder inside the"),
+        ("lint = []", "lint = []\nlint = []", "not valid TOML"),
+    ],
+)
+def test_a_bad_ci_setting_stops_init_in_one_line(
+    initialised: Path, old: str, new: str, message: str
+) -> None:
+    pyproject = initialised / "pyproject.toml"
+    before = pyproject.read_text().replace(old, new)
+    pyproject.write_text(before)
+    failed = init(initialised)
+    assert failed.returncode == 3 and failed.stderr.count("\n") == 1, failed.stderr
+    assert message in failed.stderr and "pyproject.toml" in failed.stderr
+    assert pyproject.read_text() == before and not init(initialised, "--check").stdout
+
+
+def adopt_commands() -> list[str]:
+    """The README's adoption section: its one code block, less the install line (this
+    environment has branchflow)."""
+    section = README.read_text().split(ADOPT, 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    lines = block.strip().splitlines()
+    assert len(lines) <= 10 and lines[0].startswith("pip install")
+    return lines[1:]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("project", ["shapes", "sklearn"])
+def test_a_foreign_project_from_init_through_pr_builds_to_azure_ml(
+    project: str,
+    shapes: Path,
+    toolkit_wheel: Path,
+    copy_repo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's adoption commands on `main` (init, repro, register, report, gate, promote,
+    compile, init), then each generated PR build's commands on a PR that changes a param, with
+    GitHub's variables set: the PR checks pass, every pipeline's report compares with base
+    metrics that exist (DVC-cached ones for the sklearn project), and the gates pass. Then
+    pr-comment.yml installs the renderer alone (the wheel stands in for the package index) and
+    renders each build's artifact."""
+    hide_ci_variables(monkeypatch)
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    if project == "shapes":
+        repo, params, builds = copy_repo(shapes), "pipelines/train/params.yaml", ("train", "score")
+    else:
+        repo = make_sklearn_repo(tmp_path / "sklearn" / "repo", cached_metrics=True)
+        params, builds = "params.yaml", ("training",)
+        pyproject = repo / "pyproject.toml"
+        pyproject.write_text(
+            pyproject.read_text() + "\n[tool.branchflow.gate.max_drop_vs_base]\naccuracy = 0.5\n"
+        )
+        sh("git", "commit", "-q", "-am", "gate", cwd=repo)
+    for command in adopt_commands():
+        result = sh("bash", "-c", command, cwd=repo, check=False)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    history = sh("branchflow", "history", "--format", "json", cwd=repo).stdout
+    assert json.loads(history), "promote left no champion history"
+    assert "branchflow azureml compile --check" in (repo / ".github/workflows/pr.yml").read_text()
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "Azure ML files", cwd=repo)
+
+    def change(checkout: Path) -> None:
+        """A param, and the Azure ML files it changes (pr.yml's compile check says so)."""
+        path = checkout / params
+        path.write_text(path.read_text().replace("C: 1.0", "C: 2.0"))
+        sh("branchflow", "azureml", "compile", cwd=checkout)
+
+    pull = checkout_pull_request(repo, tmp_path, change, "pr")
+    github = repo / ".github"
+    checks = load(github / "workflows/pr.yml")["jobs"]["checks"]["steps"]
+    names = [step.get("name", step.get("run")) for step in checks if "run" in step]
+    (*_, last) = run_job("pr.yml", "checks", names[0], names[-1], repo, pull["env"], {}, github)
+    assert last.returncode == 0, last.stdout + last.stderr
+    for build in builds:
+        workflow = f"pr-{build}.yml"
+        job = load(github / "workflows" / workflow)["jobs"]["pipeline"]
+        first = next(step["name"] for step in job["steps"] if "run" in step)
+        env = {**pull["env"], "GITHUB_WORKFLOW": f"pr-{build}"}
+        results = run_job(workflow, "pipeline", first, "Gate", repo, env, pull["contexts"], github)
+        assert results[-1].returncode == 0, results[-1].stdout + results[-1].stderr
+        report = json.loads((repo / "report.json").read_text())
+        assert pull["base"].startswith(report["base"]["commit"]) and report["pr"] == 7
+        assert report["base"]["metrics_found"] and not report["base"]["metrics_missing"]
+        assert all(metric["base"] is not None for metric in report["metrics"]), report["metrics"]
+        rendered = render_comment(repo, tmp_path / f"comment-{build}", toolkit_wheel)
+        assert rendered == (repo / "report.md").read_text(encoding="utf-8")
+        shutil.rmtree(repo / "report_files", ignore_errors=True)
+
+
+def render_comment(repo: Path, runner: Path, wheel: Path) -> str:
+    """pr-comment.yml's steps from installing the renderer to rendering, on the artifact the
+    PR build uploads, with `wheel` as the renderer's requirement; the comment it writes."""
+    workflow = load(repo / ".github/workflows/pr-comment.yml")
+    steps = workflow["jobs"]["comment"]["steps"]
+    (install,) = [step for step in steps if "RENDERER" in step.get("env", {})]
+    install["env"]["RENDERER"] = str(wheel)
+    github = runner / "github"
+    write(github / "workflows/pr-comment.yml", yaml.safe_dump(workflow))
+    artifact = runner / "pr-report"
+    shutil.copytree(repo / "report_files", artifact / "report_files")
+    for name in ("report.json", "gate-exit.txt"):
+        shutil.copy2(repo / name, artifact / name)
+    run = "https://github.com/octo-org/badpixels/actions/runs/4242"  # the PR build's (github_env)
+    workflow_run = {"conclusion": "success", "html_url": run}
+    contexts = {"github": {"event": {"workflow_run": workflow_run}}, "secrets": {}}
+    env = github_env(runner, repo, GITHUB_EVENT_NAME="workflow_run")
+    render = "Validate the artifact and render the comment"
+    results = run_job(
+        "pr-comment.yml", "comment", install["name"], render, repo, env, contexts, github
+    )
+    assert results[-1].returncode == 0, results[-1].stdout + results[-1].stderr
+    assert (runner / "output").read_text() == "pr=7\n"
+    return (runner / "comment/report.md").read_text(encoding="utf-8")
