@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import init_repo, sh
+from tests.sklearn_project import model_table
 
 TRAIN = "pipelines/train/dvc.yaml"
 SCORE = "pipelines/score/dvc.yaml"
@@ -74,23 +75,14 @@ FILES = {
             deps: [src/score.py, pipelines/train/model.pkl, data/batch.json]
             metrics: [scores/metrics.json: {cache: false}]
     """,
-    "pyproject.toml": f"""
-        [tool.branchflow.model]
-        flavor = "sklearn"
-        artifacts = {{ model = "{MODEL}" }}
-        input_example = "examples/rows.npy"
-        pip_requirements = ["mlflow-skinny", "scikit-learn", "numpy"]
+    "pyproject.toml": model_table(MODEL, "examples/rows.npy")
+    + """
+[tool.branchflow.gate.max_drop_vs_base]
+accuracy = 0.5
 
-        [tool.branchflow.model.signature]
-        inputs = [{{ type = "tensor", tensor-spec = {{ dtype = "float64", shape = [-1, 2] }} }}]
-        outputs = [{{ type = "tensor", tensor-spec = {{ dtype = "int64", shape = [-1] }} }}]
-
-        [tool.branchflow.gate.max_drop_vs_base]
-        accuracy = 0.5
-
-        [tool.branchflow.gates.score.min]
-        agreement = 0.5
-    """,
+[tool.branchflow.gates.score.min]
+agreement = 0.5
+""",
 }
 
 

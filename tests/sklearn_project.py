@@ -54,15 +54,14 @@ DVC_YAML = {
     },
 }
 
-PYPROJECT = f"""\
-[project]
-name = "{NAME}"
-dependencies = ["pyyaml", "scikit-learn"]  # what its Azure ML environment installs
 
+def model_table(model: str, example: str) -> str:
+    """`[tool.branchflow.model]` for a pickled LogisticRegression at `model` over 2 features."""
+    return f"""\
 [tool.branchflow.model]
 flavor = "sklearn"
-artifacts = {{ model = "{MODEL}" }}
-input_example = "{EXAMPLE}"
+artifacts = {{ model = "{model}" }}
+input_example = "{example}"
 pip_requirements = ["mlflow-skinny", "scikit-learn", "numpy"]
 key_metrics = ["accuracy"]
 
@@ -70,6 +69,14 @@ key_metrics = ["accuracy"]
 inputs = [{{ type = "tensor", tensor-spec = {{ dtype = "float64", shape = [-1, 2] }} }}]
 outputs = [{{ type = "tensor", tensor-spec = {{ dtype = "int64", shape = [-1] }} }}]
 """
+
+
+PYPROJECT = f"""\
+[project]
+name = "{NAME}"
+dependencies = ["pyyaml", "scikit-learn"]  # what its Azure ML environment installs
+
+{model_table(MODEL, EXAMPLE)}"""
 
 
 def make_sklearn_repo(path: Path, cached_metrics: bool = False) -> Path:

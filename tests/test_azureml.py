@@ -18,11 +18,11 @@ from azure.ai.ml import load_component, load_compute, load_data, load_environmen
 from azure.ai.ml.entities import CommandComponent, PipelineJob
 from click.testing import CliRunner
 
-from branchflow.azureml.dag import read_dag
 from branchflow.azureml.validate import check_pipeline, validate
 from branchflow.cli import main
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
+from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
 from branchflow.pipelines import data_sources, find_pipeline
 from tests.conftest import hide_ci_variables, init_repo, sh

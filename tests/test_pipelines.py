@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from branchflow.azureml.dag import read_dag
 from branchflow.config import load_settings
+from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
 from branchflow.pipelines import (
     find_pipeline,
@@ -167,3 +167,46 @@ def test_pipelines_may_be_named_in_config(tmp_path: Path, table: str, message: s
         return
     with pytest.raises(BranchflowError, match=message):
         find_pipelines(repo, load_settings(repo))
+
+
+def test_each_pipeline_reports_only_its_own_plots(tmp_path: Path) -> None:
+    """Top-level plots by id and by path, and a stage's plot output, rendered by DVC and
+    vl-convert: the report of one pipeline draws none of the other's."""
+    from branchflow.plots import render_plots
+
+    files = {
+        "curve.csv": "x,y\n1,2\n2,3\n",
+        "dvc.yaml": """
+            stages:
+              train:
+                cmd: >-
+                  printf 'x,y\\n1,1\\n2,4\\n' > loss.csv && echo '{"a": 1}' > metrics.json
+                plots: [loss.csv]
+                metrics: [{metrics.json: {cache: false}}]
+            plots:
+              - curve:
+                  x: x
+                  y: {curve.csv: y}
+        """,
+        "pipelines/scoring/hist.csv": "x,y\n1,5\n2,6\n",
+        "pipelines/scoring/dvc.yaml": """
+            plots:
+              - hist.csv:
+                  x: x
+                  y: y
+        """,
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(textwrap.dedent(text).lstrip())
+    sh("git", "init", "-q", cwd=tmp_path)
+    sh("dvc", "init", "-q", cwd=tmp_path)
+    sh("dvc", "repro", "-q", cwd=tmp_path)
+    init_repo(tmp_path)
+    settings, dag = load_settings(tmp_path), read_dag(tmp_path)
+    training = scope(tmp_path, settings, dag, "training").plots
+    assert training == ("loss.csv", "curve")
+    plots, errors = render_plots(tmp_path, None, tmp_path / "out", {}, training)
+    assert len(plots) == 2 and errors == []
+    everything, _ = render_plots(tmp_path, None, tmp_path / "all", {})
+    assert len(everything) == 3  # and pipelines/scoring/hist.csv is left out of training's

@@ -104,14 +104,16 @@ def test_scoring_maps_the_batch_with_the_pinned_champion(scored: Path) -> None:
 def test_the_scoring_pipeline_has_its_own_report_and_gate(
     scored: Path, copy_repo: Callable[[Path], Path], local_store: None
 ) -> None:
-    """`--pipeline scoring`: its metrics only, no champion, judged by its own gate."""
+    """`--pipeline scoring`: its metrics only, none of training's plots, no champion, judged
+    by its own gate."""
     repo = copy_repo(scored)
     report = sh("branchflow", "report", "--pipeline", "scoring", "--base", "HEAD", cwd=repo)
     assert report.stdout.startswith("wrote report.md: gate passed")
     document = json.loads((repo / "report.json").read_text())
     names = [metric["name"] for metric in document["metrics"]]
     assert names[0] == "agreement.f1" and not [n for n in names if n.startswith("cnn.")]
-    assert document["champion"] is None
+    assert document["champion"] is None and document["plots"] == []
+    assert not list((repo / "report_files").glob("*.png"))
     assert sh("branchflow", "gate", "--pipeline", "scoring", cwd=repo).returncode == 0
     pyproject = repo / "pyproject.toml"
     pyproject.write_text(

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from branchflow.azureml.dag import read_dag
 from branchflow.cli import main
 from branchflow.config import load_settings
+from branchflow.dag import read_dag
 from branchflow.pipelines import find_pipelines, watched_paths
 from tests.conftest import ROOT, sh
 from tests.test_pipelines import github_glob

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from branchflow.azureml.dag import read_dag
 from branchflow.compare import Comparison, Metric, compare, open_dvc, resolve_base
 from branchflow.config import GATE_SECTION, GateSettings, load_settings
 from branchflow.context import names_for, resolve_context
+from branchflow.dag import read_dag
 from branchflow.pipelines import scope
 from branchflow.render import EPSILON, fmt
 

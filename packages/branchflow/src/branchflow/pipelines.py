@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from branchflow.azureml.dag import Dag, DataSource, Step
 from branchflow.config import (
     PIPELINE_NAME,
     PIPELINES_SECTION,
@@ -23,6 +22,7 @@ from branchflow.config import (
     Settings,
 )
 from branchflow.context import data_version, git
+from branchflow.dag import Dag, DataSource, Step
 from branchflow.errors import BranchflowError
 
 ROOT_PIPELINE = "training"
@@ -34,13 +34,15 @@ PROJECT_FILES = ("pyproject.toml", "uv.lock", "requirements.txt")
 @dataclass(frozen=True)
 class Scope:
     """What `report` and `gate` judge: the metrics files (None: every one), the gate, whether
-    the champion is compared with, and the data sources whose version the report shows."""
+    the champion is compared with, the data sources whose version the report shows, and the
+    plots it draws."""
 
     metrics_files: tuple[str, ...] | None
     gate: GateSettings
     has_model: bool
     data: tuple[DataSource, ...]
     lockfiles: tuple[str, ...] | None  # the dvc.lock files of its stages and upstream ones
+    plots: tuple[str, ...] | None = None  # the names `dvc plots` gives its plots (None: all)
 
     @property
     def data_hash(self) -> str | None:
@@ -168,7 +170,23 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
         lockfiles=tuple(
             sorted({_lockfile(step.dvcfile) for step in pipeline_steps(dag, pipeline)})
         ),
+        plots=plot_names(root, own, pipeline),
     )
+
+
+def plot_names(root: Path, steps: Iterable[Step], pipeline: Pipeline) -> tuple[str, ...]:
+    """The names `dvc plots` gives a pipeline's plots: the ids and paths (from the root) of
+    its dvc.yaml's top-level `plots`, and the plot outputs of its stages `steps`."""
+    import yaml
+
+    folder = PurePosixPath(pipeline.dvcfile).parent
+    document = yaml.safe_load((root / pipeline.dvcfile).read_text(encoding="utf-8")) or {}
+    names = [output.path for step in steps for output in step.outputs if output.plot]
+    for entry in document.get("plots") or []:
+        for key in [entry] if isinstance(entry, str) else list(entry):
+            path = (folder / key).as_posix()
+            names.append(path if isinstance(entry, str) or (root / path).exists() else key)
+    return tuple(dict.fromkeys(names))
 
 
 def watched_paths(

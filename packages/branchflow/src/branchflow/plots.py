@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,15 @@ class Plot:
 
 
 def render_plots(
-    root: Path, base_commit: str | None, out_dir: Path, labels: Mapping[str, str]
+    root: Path,
+    base_commit: str | None,
+    out_dir: Path,
+    labels: Mapping[str, str],
+    names: Collection[str] | None = None,
 ) -> tuple[list[Plot], list[str]]:
-    """Write every plot as PNG under `out_dir`; return the plots and this branch's plot errors
-    (errors at the base, such as a plot it does not have yet, are left out).
+    """Write every plot (of `names`, as `dvc plots` names them; a folder stands for the files
+    in it) as PNG under `out_dir`; return the plots and this branch's plot errors (errors at
+    the base, such as a plot it does not have yet, are left out).
 
     `labels` renames revisions (`workspace`, the base commit) in legends and captions. Most of
     the time is spent in `dvc` and `vl_convert` with the GIL released: run it in a thread.
@@ -51,6 +56,8 @@ def render_plots(
         result = _dvc_plots_json(root, base_commit, Path(scratch))
         plots = []
         for name, entries in result.get("data", {}).items():
+            if not _wanted(name, names):
+                continue
             images = []
             for entry in entries:
                 if entry.get("type") == "vega" and vl_convert is None:
@@ -72,13 +79,22 @@ def render_plots(
             if images:
                 plots.append(Plot(title, tuple(images)))
     errors = [
-        _error_text(e) for e in result.get("errors", []) if e.get("rev", WORKSPACE) == WORKSPACE
+        _error_text(e)
+        for e in result.get("errors", [])
+        if e.get("rev", WORKSPACE) == WORKSPACE and _wanted(e.get("name"), names)
     ]
     if unrendered:
         errors.append(
             f"{', '.join(dict.fromkeys(unrendered))}: not rendered; install branchflow[report]"
         )
     return plots, errors
+
+
+def _wanted(name: str | None, names: Collection[str] | None) -> bool:
+    """Whether the plot `name` is one of `names` (None: all), or a file in one of them."""
+    if names is None or name is None:
+        return True
+    return any(name == wanted or name.startswith(f"{wanted}/") for wanted in names)
 
 
 def _dvc_plots_json(root: Path, base_commit: str | None, scratch: Path) -> dict[str, Any]:

@@ -46,9 +46,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from branchflow.azureml.dag import read_dag
 from branchflow.config import MODEL_SECTION, SAVED_MODEL, ModelSettings, Settings, load_settings
 from branchflow.context import Context, names_for, resolve_context, slugify
+from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements, has_lock
 from branchflow.pipelines import scope

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from branchflow.azureml.dag import read_dag
 from branchflow.compare import (
     WORKSPACE,
     Base,
@@ -32,6 +31,7 @@ from branchflow.compare import (
 )
 from branchflow.config import GateSettings, load_settings
 from branchflow.context import Context, names_for, resolve_context
+from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
 from branchflow.gate import Verdict, evaluate, key_metric
 from branchflow.pipelines import scope
@@ -63,7 +63,7 @@ def write_report(
     files = figures_dir(out)
     with ThreadPoolExecutor(max_workers=1) as background:
         plotting = background.submit(
-            render_plots, root, base.commit if base else None, files, labels
+            render_plots, root, base.commit if base else None, files, labels, judged.plots
         )
         with open_dvc(root) as repo:
             production = names_for(context, settings).production_model

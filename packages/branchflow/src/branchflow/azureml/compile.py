@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from branchflow.azureml.dag import Dag, DataSource, Step, ident, read_dag
 from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
 from branchflow.config import AzureMLSettings, AzureMLStage, Settings, load_settings
+from branchflow.dag import Dag, DataSource, Step, ident, read_dag
 from branchflow.errors import BranchflowError
 from branchflow.lock import environment_requirements
 from branchflow.pipelines import Pipeline, find_pipelines, pipeline_steps

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from branchflow.azureml import wrapper
-from branchflow.azureml.dag import Dag, ParamsFile, Step
 from branchflow.context import git
+from branchflow.dag import Dag, ParamsFile, Step
 from branchflow.errors import BranchflowError
 
 SNAPSHOTS = "snapshots"

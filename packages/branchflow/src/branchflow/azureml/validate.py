@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from branchflow.azureml.compile import COMPONENTS, COMPUTES, DATA, ENVIRONMENT_FILE, pipeline_file
-from branchflow.azureml.dag import Dag
 from branchflow.azureml.snapshot import write_snapshots
+from branchflow.dag import Dag
 from branchflow.errors import BranchflowError
 
 BINDING = re.compile(

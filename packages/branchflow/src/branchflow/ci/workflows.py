@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from branchflow.azureml.dag import Dag, read_dag
 from branchflow.config import Settings
+from branchflow.dag import Dag, read_dag
 from branchflow.pipelines import (
     DVCFILE,
     Pipeline,

@@ -1,4 +1,6 @@
-"""The DVC pipeline as Azure ML runs it: steps in run order, their inputs, outputs and digests.
+"""A project's DVC stages as steps in run order, with their inputs, outputs and digests: what
+the pipelines' scopes, `check`, the report, `init`'s path filters and Azure ML's compiled jobs
+are made from.
 
 Read through DVC's own API (`Repo.index`), so `foreach`/`matrix` stages, `${}` templating and
 params resolve as `dvc repro` resolves them. Nothing here needs DVC-tracked data or outputs.
@@ -56,6 +58,7 @@ class Output:
     name: str
     returned: bool
     metric: bool = False  # a DVC `metrics` file
+    plot: bool = False  # a DVC `plots` output
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ class _Reader:
                     inputs[path] = Input(path, name, producer, f"out_{ident(path)}")
         paths = [self._rel(out.fs_path) for out in stage.outs]
         outputs = [
-            Output(path, f"out_{ident(path)}", bool(out.metric), bool(out.metric))
+            Output(path, f"out_{ident(path)}", bool(out.metric), bool(out.metric), bool(out.plot))
             for path, out in zip(paths, stage.outs, strict=True)
         ]
         _check_unique(
