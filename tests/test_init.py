@@ -273,6 +273,36 @@ def test_a_bad_ci_setting_stops_init_in_one_line(
     assert pyproject.read_text() == before and not init(initialised, "--check").stdout
 
 
+def test_a_dvc_import_is_a_data_source_and_a_bare_project_installs_only_branchflow(
+    tmp_path: Path,
+) -> None:
+    """A `dvc import` from another (local) DVC repository: pulled and watched like a `.dvc`
+    file; a project with no pyproject or requirements gets only branchflow installed."""
+    source = init_repo(write(tmp_path / "source/README.md", "data\n").parent)
+    write(source / "data/raw.txt", "1 2 3\n")
+    sh("dvc", "init", "-q", cwd=source)
+    sh("dvc", "add", "-q", "data/raw.txt", cwd=source)
+    sh("git", "add", "-A", cwd=source)
+    sh("git", "commit", "-qm", "data", cwd=source)
+    stage = (
+        "stages:\n  n:\n    cmd: wc -w raw.txt > n.txt\n    deps: [raw.txt]\n    outs: [n.txt]\n"
+    )
+    project = init_repo(write(tmp_path / "project/dvc.yaml", stage).parent)
+    sh("dvc", "init", "-q", cwd=project)
+    sh("dvc", "import", "-q", str(source), "data/raw.txt", "-o", "raw.txt", cwd=project)
+    sh("branchflow", "init", cwd=project)
+    job = load(project / ".github/workflows/pr-training.yml")
+    assert "raw.txt.dvc" in job["on"]["pull_request"]["paths"]
+    assert {"name": "Pull the data", "run": "dvc pull raw.txt.dvc"} in job["jobs"]["pipeline"][
+        "steps"
+    ]
+    setup = [
+        step.get("name")
+        for step in load(project / ".github/actions/setup/action.yml")["runs"]["steps"]
+    ]
+    assert "Install the project's dependencies" not in setup and "Install branchflow" in setup
+
+
 def adopt_commands() -> list[str]:
     """The README's adoption section: its one code block, less the install line (this
     environment has branchflow)."""

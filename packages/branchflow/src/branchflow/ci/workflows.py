@@ -187,8 +187,10 @@ def _install_what(install: str, requirements: tuple[str, ...]) -> str:
 
 
 def _install_command(install: str, requirements: tuple[str, ...]) -> str:
+    """The setup action's install of the project ("": nothing to install but branchflow)."""
     if install == "requirements":
-        return shlex.join(["uv", "pip", "install", *(w for r in requirements for w in ("-r", r))])
+        words = [word for file in requirements for word in ("-r", file)]
+        return shlex.join(["uv", "pip", "install", *words]) if words else ""
     return "uv pip install -e ."
 
 
