@@ -247,6 +247,11 @@ def test_init_refuses_what_is_not_a_dvc_project_and_broken_toml(tmp_path: Path) 
     assert failed.returncode == 3 and "pyproject.toml: not valid TOML" in failed.stderr
     assert (broken / "pyproject.toml").read_text() == "[tool.branchflow\n"  # nothing lost
     assert not (broken / ".github").exists()
+    empty = init_repo(write(tmp_path / "empty" / "README.md", "x\n").parent)
+    sh("dvc", "init", "-q", cwd=empty)
+    nothing = init(empty)
+    assert nothing.returncode == 3 and "git knows no dvc.yaml" in nothing.stderr
+    assert nothing.stderr.count("\n") == 1 and not (empty / ".github").exists()
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Any
 
 from branchflow.config import Settings
 from branchflow.dag import Dag, read_dag
+from branchflow.errors import BranchflowError
 from branchflow.pipelines import (
     DVCFILE,
     Pipeline,
@@ -93,6 +94,11 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
     """Every file `branchflow init` writes under `.github/`, by path from the root."""
     dag = read_dag(root)
     pipelines = find_pipelines(root, settings)
+    if not pipelines:
+        raise BranchflowError(
+            f"{root}: git knows no dvc.yaml, so there is no pipeline to build; add one "
+            "(`dvc stage add`) and commit it, then run `branchflow init`"
+        )
     model = model_pipeline(settings, dag, pipelines)
     builds = [_build(root, settings, dag, p, p == model) for p in pipelines]
     context = _context(root, settings, builds)
