@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.compare import compare, open_dvc, qualified_names
+from branchflow.compare import compare, open_dvc, qualified_names, resolve_base
 from branchflow.errors import BranchflowError
 from branchflow.gate import run_gate
 from branchflow.report import write_report
@@ -53,6 +53,24 @@ def test_a_second_metrics_file_leaves_the_first_ones_names_alone(tmp_path: Path)
     with open_dvc(repo) as dvc:
         found = compare(dvc, None, "prod", {})
     assert {m.name: m.value for m in found.metrics} == expected
+
+
+def test_a_renamed_metrics_file_keeps_the_names_register_logs(tmp_path: Path) -> None:
+    """The base's only metrics file is replaced by another with the same keys: this branch's
+    metrics keep their plain names (those `register` logs), the base's get their file."""
+    folder = "pipelines/train"
+    repo = make_pipelines_repo(tmp_path / "repo", {folder: {"f1": 0.9}})
+    base = resolve_base(repo, "HEAD")
+    dvc_yaml = repo / folder / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("metrics.json", "renamed.json"))
+    set_params(repo, folder, f1=0.8)
+    assert read_snapshot(repo, None).metrics == {"f1": 0.8}
+    with open_dvc(repo) as dvc:
+        found = compare(dvc, base, None, {})
+    assert {m.name: (m.value, m.base) for m in found.metrics} == {
+        "f1": (0.8, None),
+        f"{folder}/metrics.json:f1": (None, 0.9),
+    }
 
 
 @pytest.fixture(scope="module")

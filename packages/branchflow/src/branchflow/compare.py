@@ -189,7 +189,7 @@ def compare(
             old = _number(entry.get("old"))
             if (path, name) not in rows and old is not None:
                 rows[path, name] = (None, old, None)
-    names = qualified_names([*rows, *bad])
+    names = _row_names(rows, bad)
     missing = run_id = None
     if base is not None and lost:
         store = configured_store(root, env) if production_model else None
@@ -536,6 +536,19 @@ def _params(entry: Mapping[str, Any]) -> dict[str, object]:
 
     by_file = entry.get("params", {}).values()
     return {key: value for values in by_file for key, value in flatten(values).items()}
+
+
+def _row_names(
+    rows: Mapping[tuple[str, str], tuple[float | None, ...]], bad: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """The workspace's metrics named as `register` names them (from the workspace's files
+    alone); a metric only the base has gets its file when its key collides with one of them."""
+    workspace = [key for key, (value, *_) in rows.items() if value is not None]
+    names = qualified_names([*workspace, *bad])
+    gone = [key for key in rows if key not in names]
+    return names | {
+        key: name for key, name in qualified_names([*names, *gone]).items() if key in gone
+    }
 
 
 def qualified_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
