@@ -2,7 +2,7 @@
 
 It writes the report's data as a document, `report.json` (the schema is in `branchflow.render`:
 the gate's verdict, where the run comes from, metrics against the base and the champion, changed
-params, the plots `dvc.yaml` defines as PNG files in `report_files/`, and which stages reran and
+params, the judged pipeline's plots as PNG files in `report_files/`, and which stages reran and
 why), then renders `report.md` from that document with `branchflow.render`, the one renderer the
 trusted comment jobs also use. Images use relative paths, as `cml comment update` expects.
 """
