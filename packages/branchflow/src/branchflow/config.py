@@ -301,7 +301,7 @@ def parse_settings(path: Path, root: Path, document: dict[str, Any]) -> Settings
     section = "[tool.branchflow]"
     table = _table(path, section, document.get("tool", {}).get("branchflow", {}), KNOWN_KEYS)
     values = {key: _string(path, key, value) for key, value in table.items() if key not in TABLES}
-    base = values.get("base_name") or _default_base_name(document, root)
+    base = values.get("base_name") or default_base_name(document, root)
     settings = Settings(
         base_name=base,
         production_model=values.get("production_model", f"{base}_production"),
@@ -466,7 +466,7 @@ def _string(path: Path, key: str, value: object) -> str:
     return value
 
 
-def _default_base_name(document: dict[str, Any], root: Path) -> str:
+def default_base_name(document: dict[str, Any], root: Path) -> str:
     """`[project].name` normalised as in PEP 503, else the project folder's name."""
     name = document.get("project", {}).get("name")
     if isinstance(name, str) and name:

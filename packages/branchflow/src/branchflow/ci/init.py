@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import stat
 import tempfile
 import tomllib
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from branchflow.ci.workflows import generated_files, stale_files
-from branchflow.config import PYPROJECT, parse_settings
+from branchflow.config import PYPROJECT, default_base_name, parse_settings
 from branchflow.errors import BranchflowError
 
 GITIGNORE = ".gitignore"
@@ -89,13 +88,7 @@ def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:
     groups = document.get("dependency-groups", {})
     uv = (root / "uv.lock").is_file()
     requirements = sorted(p.name for p in root.glob("requirements*.txt") if p.is_file())
-    table: dict[str, Any] = {
-        "install": "uv"
-        if uv
-        else "requirements"
-        if requirements or "project" not in document
-        else "pip",
-    }
+    table: dict[str, Any] = {"install": _install_method(uv, requirements, document)}
     if not uv and requirements:
         table["requirements"] = requirements
     table["branchflow"] = "" if uv and _locks_branchflow(root) else "branchflow[report,azure]"
@@ -112,6 +105,12 @@ def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:
     if uv and "azureml" in groups:
         table["azureml_groups"] = ["azureml"]
     return table
+
+
+def _install_method(uv: bool, requirements: list[str], document: dict[str, Any]) -> str:
+    if uv:
+        return "uv"
+    return "requirements" if requirements or "project" not in document else "pip"
 
 
 def _pyproject_text(root: Path) -> str:
@@ -131,7 +130,7 @@ def _pyproject_text(root: Path) -> str:
     tool = document.setdefault("tool", tomlkit.table(is_super_table=True))
     table = tool.setdefault("branchflow", tomlkit.table())
     if "base_name" not in branchflow and "name" not in plain.get("project", {}):
-        table["base_name"] = _folder_name(root)
+        table["base_name"] = default_base_name(plain, root)  # today's default, frozen
     if "ci" not in branchflow:
         ci = tomlkit.table()
         ci.comment("detected by `branchflow init`; .github/ is generated from it")
@@ -190,10 +189,6 @@ def _has_tests(root: Path, document: dict[str, Any]) -> bool:
         return True
     folders = [root / "tests", root / "test"]
     return any(next(folder.rglob("test_*.py"), None) for folder in folders if folder.is_dir())
-
-
-def _folder_name(root: Path) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-") or "project"
 
 
 def _read(path: Path) -> str | None:
