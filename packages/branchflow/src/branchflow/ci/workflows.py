@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from branchflow import __version__
 from branchflow.config import Settings
 from branchflow.dag import Dag, read_dag
 from branchflow.errors import BranchflowError
@@ -176,7 +177,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "python": ci.python,
         "branchflow": ci.branchflow,
         "renderer": ci.renderer,
-        "renderer_requirement": ci.branchflow or "branchflow",
+        "renderer_requirement": f"branchflow=={__version__}",  # the renderer of this init
         "lint": ci.lint,
         "test": ci.test,
         "azureml": (root / AZUREML_OUT).is_dir(),
