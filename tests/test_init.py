@@ -282,7 +282,8 @@ def test_a_dvc_import_is_a_data_source_and_a_bare_project_installs_only_branchfl
     tmp_path: Path,
 ) -> None:
     """A `dvc import` from another (local) DVC repository: pulled and watched like a `.dvc`
-    file; a project with no pyproject or requirements gets only branchflow installed."""
+    file; a project with no pyproject or requirements gets only branchflow installed; a
+    pipeline without metrics is reproduced, with no report, gate or comment."""
     source = init_repo(write(tmp_path / "source/README.md", "data\n").parent)
     write(source / "data/raw.txt", "1 2 3\n")
     sh("dvc", "init", "-q", cwd=source)
@@ -306,6 +307,13 @@ def test_a_dvc_import_is_a_data_source_and_a_bare_project_installs_only_branchfl
         for step in load(project / ".github/actions/setup/action.yml")["runs"]["steps"]
     ]
     assert "Install the project's dependencies" not in setup and "Install branchflow" in setup
+    names = [step.get("name") for step in job["jobs"]["pipeline"]["steps"]]
+    assert names[-1] == "Reproduce the pipeline" and "Report" not in names
+    assert not (project / ".github/workflows/pr-comment.yml").exists()
+    dev = load(project / ".github/workflows/dev.yml")["jobs"]
+    assert list(dev) == ["training-full"]
+    linted = actionlint(*sorted((project / ".github/workflows").glob("*.yml")))
+    assert linted.returncode == 0, linted.stdout
 
 
 def adopt_commands() -> list[str]:

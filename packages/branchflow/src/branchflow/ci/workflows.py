@@ -59,6 +59,7 @@ class PipelineBuild:
     paths: tuple[str, ...]  # the PR build's path filters
     pull: tuple[str, ...]
     has_model: bool
+    has_metrics: bool  # it declares metrics, so it has a report and a gate
     dev_remote: str | None
     dev_pull: tuple[str, ...]
     dev_params: tuple[str, ...]
@@ -106,12 +107,13 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
     files = {
         SETUP_ACTION: "setup.yml",
         f"{WORKFLOWS}/pr.yml": "pr.yml",
-        f"{WORKFLOWS}/pr-comment.yml": "pr-comment.yml",
         f"{WORKFLOWS}/dev.yml": "dev.yml",
         f"{WORKFLOWS}/promote.yml": "promote.yml",
         f"{GITHUB}/zizmor.yml": "zizmor.yml",
         f"{GITHUB}/dependabot.yml": "dependabot.yml",
     }
+    if context["reported"]:
+        files[f"{WORKFLOWS}/pr-comment.yml"] = "pr-comment.yml"
     if context["m"] and settings.ci.retrain.statistics:
         files[f"{WORKFLOWS}/retrain.yml"] = "retrain.yml"
     rendered = {path: _render(template, context) for path, template in files.items()}
@@ -151,6 +153,12 @@ def _build(
         paths=tuple(sorted(paths)),
         pull=pull,
         has_model=has_model,
+        has_metrics=any(
+            output.metric
+            for step in dag.steps
+            if step.dvcfile == pipeline.dvcfile
+            for output in step.outputs
+        ),
         dev_remote=own.dev_remote if own else None,
         dev_pull=own.dev_pull if own else (),
         dev_params=own.dev_params if own else (),
@@ -182,6 +190,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "test": ci.test,
         "azureml": (root / AZUREML_OUT).is_dir(),
         "pipelines": builds,
+        "reported": [build for build in builds if build.has_metrics],
         "m": model,
         "others": [build for build in builds if build is not model],
         "dev_branch": settings.dev_branch,
