@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from branchflow.config import load_settings
 from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
+from branchflow.files import write_atomic
 from branchflow.registry import CHAMPION, MODEL_SHA_TAG, artifacts_sha256, current_champion
 from branchflow.tracking import connect, mlflow_errors, store_for
 
@@ -82,13 +83,5 @@ def _write(out: Path, found: Pin) -> bool:
             return False
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out, text)
     return True

@@ -13,7 +13,6 @@ settings), never on the branch or commit: `submit` adds the names and tags.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import shlex
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
 from branchflow.config import AzureMLSettings, AzureMLStage, Settings, load_settings
 from branchflow.dag import Dag, DataSource, Step, ident, read_dag
 from branchflow.errors import BranchflowError
+from branchflow.files import diff_texts, write_atomic
 from branchflow.lock import environment_requirements
 from branchflow.pipelines import Pipeline, find_pipelines, pipeline_steps
 
@@ -85,7 +85,8 @@ def data_asset_name(source: DataSource, base_name: str) -> str:
 
 
 def write_files(root: Path, out: str, files: dict[str, str]) -> list[str]:
-    """Write `files`, delete stale components; return the paths that changed."""
+    """Write `files` (each atomically), delete stale components; return the paths that
+    changed."""
     changed = []
     for path in _stale(root, out, files):
         (root / path).unlink()
@@ -93,26 +94,14 @@ def write_files(root: Path, out: str, files: dict[str, str]) -> list[str]:
     for path, text in files.items():
         target = root / path
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+            write_atomic(target, text)
             changed.append(path)
     return sorted(changed)
 
 
 def diff_files(root: Path, out: str, files: dict[str, str]) -> str:
     """A unified diff from the files on disk to `files`; empty when they agree."""
-    chunks = []
-    for path in sorted([*files, *_stale(root, out, files)]):
-        target = root / path
-        old = target.read_text(encoding="utf-8") if target.is_file() else ""
-        new = files.get(path, "")
-        chunks += difflib.unified_diff(
-            old.splitlines(keepends=True),
-            new.splitlines(keepends=True),
-            fromfile=f"a/{path}" if target.is_file() else "/dev/null",
-            tofile=f"b/{path}" if path in files else "/dev/null",
-        )
-    return "".join(chunks)
+    return diff_texts(root, {**dict.fromkeys(_stale(root, out, files)), **files})
 
 
 def _stale(root: Path, out: str, files: dict[str, str]) -> list[str]:

@@ -7,10 +7,6 @@ the ignore entries and the files `branchflow.ci.workflows` generates. `--check` 
 
 from __future__ import annotations
 
-import difflib
-import os
-import stat
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +15,7 @@ from typing import Any
 from branchflow.ci.workflows import generated_files, stale_files
 from branchflow.config import PYPROJECT, default_base_name, parse_settings
 from branchflow.errors import BranchflowError
+from branchflow.files import diff_texts, write_atomic
 
 GITIGNORE = ".gitignore"
 IGNORED = (  # what branchflow writes into a workspace: never committed
@@ -50,16 +47,7 @@ class Plan:
         )
 
     def diff(self, root: Path) -> str:
-        chunks: list[str] = []
-        for path in self.changes(root):
-            old, new = _read(root / path), self.files.get(path)
-            chunks += difflib.unified_diff(
-                (old or "").splitlines(keepends=True),
-                (new or "").splitlines(keepends=True),
-                fromfile=f"a/{path}" if old is not None else "/dev/null",
-                tofile=f"b/{path}" if new is not None else "/dev/null",
-            )
-        return "".join(chunks)
+        return diff_texts(root, {**dict.fromkeys(self.stale), **self.files})
 
 
 def plan(root: Path) -> Plan:
@@ -79,7 +67,7 @@ def apply(root: Path, planned: Plan) -> list[str]:
         (root / path).unlink()
     for path in changed:
         if path in planned.files:
-            _write_atomic(root / path, planned.files[path])
+            write_atomic(root / path, planned.files[path])
     return changed
 
 
@@ -149,7 +137,8 @@ def _gitignore_text(root: Path) -> str:
     if not missing:
         return text
     block = "\n".join([IGNORE_HEADER, *missing]) + "\n"
-    return f"{text}{'' if not text or text.endswith(chr(10)) else chr(10)}{block}"
+    separator = "" if not text or text.endswith("\n") else "\n"
+    return f"{text}{separator}{block}"
 
 
 def _require_dvc_project(root: Path) -> None:
@@ -193,13 +182,3 @@ def _has_tests(root: Path, document: dict[str, Any]) -> bool:
 
 def _read(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o644
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.chmod(name, mode)
-    os.replace(name, path)
