@@ -111,6 +111,16 @@ def pipeline_steps(dag: Dag, pipeline: Pipeline) -> tuple[Step, ...]:
     return tuple(step for step in dag.steps if step.node in wanted)
 
 
+def own_steps(dag: Dag, pipeline: Pipeline) -> tuple[Step, ...]:
+    """The steps of `pipeline`'s own dvc.yaml, without upstream ones."""
+    return tuple(step for step in dag.steps if step.dvcfile == pipeline.dvcfile)
+
+
+def metrics_files(steps: Iterable[Step]) -> tuple[str, ...]:
+    """The metrics files `steps` declare: what a pipeline reports and gates."""
+    return tuple(output.path for step in steps for output in step.outputs if output.metric)
+
+
 def data_sources(dag: Dag, pipeline: Pipeline) -> tuple[DataSource, ...]:
     """The `.dvc` data sources that the pipeline's stages, or their upstream stages, read."""
     read = {i.path for step in pipeline_steps(dag, pipeline) for i in step.inputs if not i.producer}
@@ -132,8 +142,7 @@ def model_pipeline(
     """The pipeline whose stages write the registered model's artifacts, if any."""
     artifacts = set(settings.model.artifacts.values()) if settings.model else set()
     for pipeline in pipelines:
-        steps = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]
-        if artifacts & {output.path for step in steps for output in step.outputs}:
+        if artifacts & {o.path for step in own_steps(dag, pipeline) for o in step.outputs}:
             return pipeline
     return None
 
@@ -154,8 +163,8 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
     if name is None and model is None:
         return Scope(None, settings.gate, True, dag.data, None)
     pipeline = model if name is None else find_pipeline(root, settings, name)
-    own = [step for step in dag.steps if step.dvcfile == pipeline.dvcfile]
-    metrics = tuple(output.path for step in own for output in step.outputs if output.metric)
+    own = own_steps(dag, pipeline)
+    metrics = metrics_files(own)
     if not metrics:
         raise BranchflowError(
             f"{pipeline.dvcfile} declares no metrics files, so pipeline {pipeline.name} has "

@@ -2,3 +2,5 @@
 
 Kept free of heavy imports: the stage wrapper runs from this package on the compute.
 """
+
+DEFAULT_OUT = "pipelines/azureml"  # where `compile` writes, relative to the repository root

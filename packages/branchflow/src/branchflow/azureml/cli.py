@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+from branchflow.azureml import DEFAULT_OUT
 from branchflow.errors import EXIT_TOOL, EXIT_VERDICT, BranchflowError
 
-DEFAULT_OUT = "pipelines/azureml"
 OUT_HELP = "Folder of the generated YAML, relative to the repository root."
 
 

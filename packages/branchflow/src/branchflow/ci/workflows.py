@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from branchflow import __version__
+from branchflow.azureml import DEFAULT_OUT
 from branchflow.config import Settings
 from branchflow.dag import Dag, read_dag
 from branchflow.errors import BranchflowError
@@ -22,7 +23,9 @@ from branchflow.pipelines import (
     Pipeline,
     data_sources,
     find_pipelines,
+    metrics_files,
     model_pipeline,
+    own_steps,
     watched_paths,
 )
 
@@ -31,11 +34,9 @@ MARKER = (
     "and rerun it."
 )
 GITHUB = ".github"
-SETUP_ACTION = f"{GITHUB}/actions/setup/action.yml"
+SETUP_FOLDER = f"{GITHUB}/actions/setup"
+SETUP_ACTION = f"{SETUP_FOLDER}/action.yml"
 WORKFLOWS = f"{GITHUB}/workflows"
-AZUREML_OUT = (
-    "pipelines/azureml"  # `branchflow azureml compile`'s folder: the project uses Azure ML
-)
 # Third-party actions, each pinned to the commit of the release in its comment.
 ACTIONS = {
     "cache": "actions/cache@27d5ce7f107fe9357f9df03efb73ab90386fccae # v5.0.5",
@@ -70,7 +71,7 @@ class PipelineBuild:
 
     @property
     def workflow_name(self) -> str:
-        return f"pr-{self.name}"
+        return pr_workflow(self.name)
 
     @property
     def repro(self) -> str:
@@ -92,6 +93,15 @@ class PipelineBuild:
         return shlex.join(words)
 
 
+def pr_workflow(pipeline: str) -> str:
+    """The name of a pipeline's PR build: also its file's stem and its comment's watermark."""
+    return f"pr-{pipeline}"
+
+
+def _workflow_file(name: str) -> str:
+    return f"{WORKFLOWS}/{name}.yml"
+
+
 def generated_files(root: Path, settings: Settings) -> dict[str, str]:
     """Every file `branchflow init` writes under `.github/`, by path from the root."""
     dag = read_dag(root)
@@ -106,20 +116,21 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
     context = _context(root, settings, builds)
     files = {
         SETUP_ACTION: "setup.yml",
-        f"{WORKFLOWS}/pr.yml": "pr.yml",
-        f"{WORKFLOWS}/dev.yml": "dev.yml",
-        f"{WORKFLOWS}/promote.yml": "promote.yml",
+        _workflow_file("pr"): "pr.yml",
+        _workflow_file("dev"): "dev.yml",
+        _workflow_file("promote"): "promote.yml",
         f"{GITHUB}/zizmor.yml": "zizmor.yml",
         f"{GITHUB}/dependabot.yml": "dependabot.yml",
     }
     if context["reported"]:
-        files[f"{WORKFLOWS}/pr-comment.yml"] = "pr-comment.yml"
+        files[_workflow_file("pr-comment")] = "pr-comment.yml"
     if context["m"] and settings.ci.retrain.statistics:
-        files[f"{WORKFLOWS}/retrain.yml"] = "retrain.yml"
+        files[_workflow_file("retrain")] = "retrain.yml"
     rendered = {path: _render(template, context) for path, template in files.items()}
     for build in builds:
-        path = f"{WORKFLOWS}/{build.workflow_name}.yml"
-        rendered[path] = _render("pr-pipeline.yml", {**context, "p": build})
+        rendered[_workflow_file(build.workflow_name)] = _render(
+            "pr-pipeline.yml", {**context, "p": build}
+        )
     return dict(sorted(rendered.items()))
 
 
@@ -143,9 +154,9 @@ def _build(
 ) -> PipelineBuild:
     own = settings.ci.pipelines.get(pipeline.name)
     pull = own.pull if own and own.pull is not None else _pull_targets(dag, pipeline)
-    workflow = f"{WORKFLOWS}/pr-{pipeline.name}.yml"
     model = settings.model if has_model else None
-    paths = {*watched_paths(root, dag, pipeline, model), workflow, f"{GITHUB}/actions/setup/**"}
+    workflow = _workflow_file(pr_workflow(pipeline.name))
+    paths = {*watched_paths(root, dag, pipeline, model), workflow, f"{SETUP_FOLDER}/**"}
     paths |= set(settings.ci.requirements)
     return PipelineBuild(
         name=pipeline.name,
@@ -153,12 +164,7 @@ def _build(
         paths=tuple(sorted(paths)),
         pull=pull,
         has_model=has_model,
-        has_metrics=any(
-            output.metric
-            for step in dag.steps
-            if step.dvcfile == pipeline.dvcfile
-            for output in step.outputs
-        ),
+        has_metrics=bool(metrics_files(own_steps(dag, pipeline))),
         dev_remote=own.dev_remote if own else None,
         dev_pull=own.dev_pull if own else (),
         dev_params=own.dev_params if own else (),
@@ -188,7 +194,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "renderer_requirement": f"branchflow=={__version__}",  # the renderer of this init
         "lint": ci.lint,
         "test": ci.test,
-        "azureml": (root / AZUREML_OUT).is_dir(),
+        "azureml": (root / DEFAULT_OUT).is_dir(),  # compiled: the project uses Azure ML
         "pipelines": builds,
         "reported": [build for build in builds if build.has_metrics],
         "m": model,
