@@ -13,56 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from badpixels.synth import SCALES, make_video
+from servers import free_port, running
 
 
 @contextmanager
 def served(model: str) -> Iterator[str]:
     """`mlflow models serve` of `model@champion` on a free port; its URL while the block runs."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = ["mlflow", "models", "serve", "-m", f"models:/{model}@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    server = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _pings(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mlflow models serve of {model}@champion did not start")
-            time.sleep(0.2)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    with running(f"mlflow models serve of {model}@champion", command, env, f"{url}/ping"):
         yield url
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-def _pings(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def post(url: str, body: bytes) -> float:
