@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from branchflow import registry
 from branchflow.errors import BranchflowError
 from branchflow.registry import (
     CANDIDATE,
@@ -254,6 +256,41 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(repo: Path, client: mlflow.Ml
         assert time.monotonic() - started < 15
         assert client.search_registered_models(f"name = '{lock}'") == []
     assert client.get_model_version_by_alias(production, CHAMPION).version == "1"
+
+
+def test_takers_racing_for_the_lock_each_hold_it_alone(
+    mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four threads take and release one lock 20 times each, polling every 10 ms: none fails
+    (the server answers "does not exist" when a lock is released while it reports it taken) and
+    no two hold it at once."""
+    monkeypatch.setattr(registry, "LOCK_POLL_S", 0.01)
+    production = f"race-lock-{uuid.uuid4().hex[:8]}_production"
+    holders: list[int] = []
+    overlaps: list[list[int]] = []
+    errors: list[Exception] = []
+
+    def take_turns(taker: int) -> None:
+        client = mlflow.MlflowClient(mlflow_server, mlflow_server)
+        for _ in range(20):
+            try:
+                with registry._lock(client, production):
+                    holders.append(taker)
+                    if len(holders) > 1:
+                        overlaps.append(list(holders))
+                    time.sleep(0.005)
+                    holders.remove(taker)
+            except Exception as exc:  # reported by the assertion below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=take_turns, args=(taker,)) for taker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and overlaps == []
+    client = mlflow.MlflowClient(mlflow_server, mlflow_server)
+    assert client.search_registered_models(f"name = '{production}{LOCK_SUFFIX}'") == []
 
 
 @pytest.mark.e2e  # a `branchflow register` process, killed

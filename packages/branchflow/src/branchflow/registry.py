@@ -633,7 +633,9 @@ def _take(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
         client.create_registered_model(name, tags=dict(tags), description=description)
         return True
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+        # The server answers RESOURCE_DOES_NOT_EXIST when the lock it found taken is deleted
+        # before it reads it back for its "already exists" error: held, then just released.
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             raise
     held = _registered_model(client, name)
     if held is not None and holder_gone(held.tags):
