@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from branchflow.errors import BranchflowError
 from branchflow.registry import (
     CANDIDATE,
     CHAMPION,
+    KEY_TIME,
     LOCK_SUFFIX,
     MOVE_TAG_PREFIX,
     PENDING,
@@ -203,13 +204,18 @@ def test_a_champion_moved_outside_branchflow_stops_promote_and_rollback(
     ) == ("2", "1")
 
 
-def crashed_move(client: mlflow.MlflowClient, move: Move) -> str:
-    """What a process leaves that dies right after recording `move` (as pending, in the tag
-    format of docs/registry.md); the record's key."""
-    key = f"{MOVE_TAG_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}.0dead0ff"
-    record = {**dataclasses.asdict(move), PENDING: True}
+def recorded_move(client: mlflow.MlflowClient, move: Move, at: datetime, pending: bool) -> str:
+    """Record `move` as a process whose clock reads `at` does (in the tag format of
+    docs/registry.md); pending: as one leaves that dies right after. The record's key."""
+    key = f"{MOVE_TAG_PREFIX}{at:{KEY_TIME}}.0dead0ff"
+    record = {**dataclasses.asdict(move), **({PENDING: True} if pending else {})}
     client.set_registered_model_tag(move.model, key, json.dumps(record))
     return key
+
+
+def crashed_move(client: mlflow.MlflowClient, move: Move) -> str:
+    """What a process leaves that dies right after recording `move`, now."""
+    return recorded_move(client, move, datetime.now(UTC), pending=True)
 
 
 def test_a_crash_mid_move_leaves_a_history_rollback_can_trust(
@@ -234,6 +240,30 @@ def test_a_crash_mid_move_leaves_a_history_rollback_can_trust(
     moves = chain(history(repo, on(branch)))
     assert moves == [(None, "1"), ("1", "2"), ("2", "1"), ("1", "2"), ("2", "1")]
     assert client.get_model_version_by_alias(production, CHAMPION).version == "1"
+
+
+def test_moves_after_one_from_a_host_whose_clock_runs_ahead_stay_in_order(
+    repo: Path, client: mlflow.MlflowClient
+) -> None:
+    """A rollback made on a host an hour ahead, then a promote and a rollback made here: history
+    keeps the order they were made in, so rollback still trusts it."""
+    branch = "skew/clock"
+    production = two_champions(renamed(repo, "skew-clock"), branch)
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    made = dataclasses.replace(
+        history(repo, on(branch))[-1],
+        action="rollback",
+        from_version="2",
+        to_version="1",
+        when=ahead.isoformat(timespec="microseconds"),
+    )
+    recorded_move(client, made, ahead, pending=False)
+    client.set_registered_model_alias(production, CHAMPION, "1")  # the move it made
+    promote(repo, f"models:/{production}/2", env=on(branch))
+    assert rollback(repo, env=on(branch)).to_version == "1"
+    moves = history(repo, on(branch))
+    assert chain(moves) == [(None, "1"), ("1", "2"), ("2", "1"), ("1", "2"), ("2", "1")]
+    assert [move.action for move in moves[-3:]] == ["rollback", "promote", "rollback"]
 
 
 def test_a_lock_whose_holder_is_gone_is_taken_over(repo: Path, client: mlflow.MlflowClient) -> None:

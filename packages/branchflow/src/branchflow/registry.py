@@ -42,7 +42,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,7 @@ MODEL_SHA_TAG = "model_sha256"  # the artifacts' bytes, for people
 PACKAGE_SHA_TAG = "package_sha256"  # the registration key: see `package_sha256`
 FLAVOR_PACKAGES = {"sklearn": ("sklearn", "scikit-learn"), "pytorch": ("torch", "torch")}
 MOVE_TAG_PREFIX = "branchflow.move."
+KEY_TIME = "%Y%m%dT%H%M%S.%fZ"  # a move record's key: `<MOVE_TAG_PREFIX><UTC time>.<id>`
 PENDING = "pending"  # in a move record until its alias has moved
 MODEL_ARTIFACT = "model"
 LOCK_SUFFIX = ".lock"  # `<production>.lock`: the registered model that locks champion moves
@@ -552,7 +553,7 @@ def _moving(
 
         def write(move: Move) -> None:
             confirm()
-            key = _key(move)
+            key = _key(move, state.stamp[1])
             _record(client, key, move, pending=True)
             client.set_registered_model_alias(production, CHAMPION, move.to_version)
             _record(client, key, move)
@@ -690,9 +691,14 @@ def _busy(client: MlflowClient, name: str) -> str:
     )
 
 
-def _key(move: Move) -> str:
-    stamp = datetime.fromisoformat(move.when).strftime("%Y%m%dT%H%M%S.%fZ")
-    return f"{MOVE_TAG_PREFIX}{stamp}.{uuid.uuid4().hex[:8]}"
+def _key(move: Move, after: str | None) -> str:
+    """The record's tag key: its time, or just after the key `after` of the last record if that
+    sorts later (a host whose clock runs ahead made it), so records sort in the order made."""
+    when = datetime.fromisoformat(move.when)
+    if after is not None:
+        last = datetime.strptime(after.removeprefix(MOVE_TAG_PREFIX).rpartition(".")[0], KEY_TIME)
+        when = max(when, last.replace(tzinfo=UTC) + timedelta(microseconds=1))
+    return f"{MOVE_TAG_PREFIX}{when.strftime(KEY_TIME)}.{uuid.uuid4().hex[:8]}"
 
 
 def _record(client: MlflowClient, key: str, move: Move, pending: bool = False) -> None:
