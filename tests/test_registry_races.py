@@ -266,6 +266,27 @@ def test_moves_after_one_from_a_host_whose_clock_runs_ahead_stay_in_order(
     assert [move.action for move in moves[-3:]] == ["rollback", "promote", "rollback"]
 
 
+def test_promote_reuses_the_production_copy_of_its_source(
+    repo: Path, client: mlflow.MlflowClient
+) -> None:
+    """A copy left by a promote that died before moving the alias, or one an earlier promote
+    made, is the version promoted: production holds one copy of each source."""
+    branch = "crash/copy"
+    renamed(repo, "crash-copy")
+    first = register(repo, on(branch))
+    production = branch_names(repo, branch).production_model
+    source = f"models:/{first.model}/{first.version}"
+    client.copy_model_version(source, production)  # what a promote that died after it leaves
+    assert promote(repo, source, env=on(branch)).to_version == "1"
+    other_bytes(repo)
+    second = register(repo, on(branch))
+    promote(repo, f"models:/{second.model}/{second.version}", env=on(branch))
+    assert promote(repo, source, env=on(branch)).to_version == "1"
+    copies = client.search_model_versions(f"name = '{production}'")
+    assert sorted(version.version for version in copies) == ["1", "2"]
+    assert chain(history(repo, on(branch))) == [(None, "1"), ("1", "2"), ("2", "1")]
+
+
 def test_a_lock_whose_holder_is_gone_is_taken_over(repo: Path, client: mlflow.MlflowClient) -> None:
     """Left by a process of this host that died, or by another host whose lease ran out."""
     branch = "crash/lock"

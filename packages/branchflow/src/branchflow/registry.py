@@ -207,7 +207,7 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
 def promote(
     root: Path, model_uri: str, reason: str = "", env: Mapping[str, str] = os.environ
 ) -> Move:
-    """Copy the version `model_uri` names into the production model and make it champion.
+    """Copy the version `model_uri` names into the production model (once) and make it champion.
 
     `model_uri` is `models:/<name>@<alias>` or `models:/<name>/<version>`. A version of the
     production model itself is made champion without a copy.
@@ -229,16 +229,21 @@ def promote(
                 return _move(
                     "promote", production, champion, champion.version, source_uri, context, env
                 )
-            target = (
-                source
-                if source.name == production
-                else client.copy_model_version(source_uri, production)
-            )
+            target = source if source.name == production else _copy(client, source_uri, production)
             move = _move(
                 "promote", production, champion, target.version, source_uri, context, env, reason
             )
             write(move)
     return move
+
+
+def _copy(client: MlflowClient, source_uri: str, production: str) -> ModelVersion:
+    """The version of `production` copied from `source_uri`: the one an earlier promote (or one
+    that crashed before moving the alias) made, else a new copy."""
+    for version in client.search_model_versions(f"name = '{production}'"):
+        if version.source == source_uri:
+            return version
+    return client.copy_model_version(source_uri, production)
 
 
 def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) -> Move:
