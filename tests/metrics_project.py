@@ -6,7 +6,6 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.conftest import init_repo, sh
@@ -64,12 +63,6 @@ lower_is_better = ["model.loss"]
 [tool.branchflow.gate.max_drop_vs_champion]
 "model.f1" = 0.02
 """
-
-
-def clear_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No registry and no pull-request branches from the environment the tests run in."""
-    for variable in ("MLFLOW_TRACKING_URI", "GITHUB_BASE_REF", "GITHUB_HEAD_REF"):
-        monkeypatch.delenv(variable, raising=False)
 
 
 def make_metrics_repo(path: Path, *, reproduce: bool = True) -> Path:

@@ -18,8 +18,8 @@ from branchflow.errors import BranchflowError
 from branchflow.gate import run_gate
 from branchflow.report import write_report
 from branchflow.tracking import read_snapshot
-from tests.conftest import sh
-from tests.metrics_project import clear_ci_env, make_pipelines_repo, set_params
+from tests.conftest import hide_ci_variables, sh
+from tests.metrics_project import make_pipelines_repo, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ GATE = '[tool.branchflow.gate.max_drop_vs_base]\n"f1" = 0.05\n'
 
 @pytest.fixture(autouse=True)
 def no_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
 
 
 def test_names_keep_their_key_and_only_colliding_keys_get_their_file() -> None:

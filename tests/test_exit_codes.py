@@ -21,8 +21,8 @@ from branchflow.errors import (
     EXIT_USAGE,
     EXIT_VERDICT,
 )
-from tests.conftest import init_repo, sh
-from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo
+from tests.conftest import hide_ci_variables, init_repo, sh
+from tests.metrics_project import branch_with, make_metrics_repo
 
 
 def invoke(repo: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
@@ -62,7 +62,7 @@ def metrics_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_failing_gate_exits_1_and_a_passing_one_0(
     metrics_repo: Path, copy_repo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
     repo = copy_repo(metrics_repo)
     branch_with(repo, "worse", f1=0.93)  # 0.03 worse than main; 0.01 allowed
     failed = invoke(repo, monkeypatch, "gate", "--base", "main")
@@ -81,7 +81,7 @@ def test_a_failing_gate_exits_1_and_a_passing_one_0(
 def test_an_invalid_gate_table_exits_3_in_one_line_naming_the_file(
     metrics_repo: Path, copy_repo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
     repo = copy_repo(metrics_repo)
     pyproject = repo / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("key_metric =", "key_metrik ="))
@@ -93,7 +93,7 @@ def test_an_invalid_gate_table_exits_3_in_one_line_naming_the_file(
 def test_a_base_ref_that_does_not_exist_exits_3(
     metrics_repo: Path, copy_repo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
     repo = copy_repo(metrics_repo)
     result = invoke(repo, monkeypatch, "gate", "--base", "no-such-branch")
     assert_one_line_error(result, "no-such-branch")

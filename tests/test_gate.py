@@ -15,8 +15,8 @@ from branchflow.compare import Base, Champion, Comparison, Metric, default_base
 from branchflow.config import GateSettings, load_settings
 from branchflow.errors import BranchflowError
 from branchflow.gate import evaluate
-from tests.conftest import init_repo, sh
-from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo
+from tests.conftest import hide_ci_variables, init_repo, sh
+from tests.metrics_project import branch_with, make_metrics_repo
 
 GATE = GateSettings(
     lower_is_better=("loss",),
@@ -35,7 +35,7 @@ def metrics_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def no_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
 
 
 def comparison(

@@ -21,8 +21,8 @@ from branchflow.context import names_for, resolve_context
 from branchflow.gate import run_gate
 from branchflow.render import describe_change
 from branchflow.report import write_report
-from tests.conftest import init_repo, sh
-from tests.metrics_project import branch_with, clear_ci_env, make_metrics_repo
+from tests.conftest import hide_ci_variables, init_repo, sh
+from tests.metrics_project import branch_with, make_metrics_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -201,7 +201,7 @@ def test_report_on_a_branch_that_changes_train_params(fewer_epochs: Path) -> Non
 def test_gate_fails_the_worse_real_model_with_each_rule_on_a_line(
     fewer_epochs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
     executable = shutil.which("branchflow")
     assert executable, "branchflow is not installed on PATH"
     result = sh(executable, "gate", "--base", "main", cwd=fewer_epochs, check=False)
@@ -221,7 +221,7 @@ def test_first_run_without_base_metrics_or_champion(
 ) -> None:
     repo = copy_repo(unreproduced)
     branch_with(repo, "first")
-    clear_ci_env(monkeypatch)
+    hide_ci_variables(monkeypatch, "MLFLOW_TRACKING_URI")
     monkeypatch.chdir(repo)
     result = CliRunner().invoke(main, ["report", "--base", "main"])
     assert (result.exit_code, result.output) == (0, "wrote report.md: gate passed\n")
