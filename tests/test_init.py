@@ -181,6 +181,30 @@ def test_the_generated_workflows_pass_actionlint_and_zizmor(
         assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
 
 
+def test_the_gpu_runner_is_launched_on_the_configured_cloud(initialised: Path) -> None:
+    """`[tool.branchflow.ci.gpu_runner]` picks the cloud, its credentials' secrets and the machine
+    that dev.yml's `cml runner launch` asks for; the result still lints clean."""
+    runner = 'gpu_runner = { cloud = "gcp", region = "us-east1-b", type = "m+t4", spot = true }'
+    pyproject = initialised / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("lint = []", f"lint = []\n{runner}"))
+    assert init(initialised).stdout.splitlines() == ["wrote .github/workflows/dev.yml"]
+    launch = workflows(initialised)["dev.yml"]["jobs"]["launch-runner"]["steps"][-1]
+    secrets = {key for key, value in launch["env"].items() if "secrets." in value}
+    assert secrets == {"REPO_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS_DATA"}
+    assert launch["run"].split()[4:9] == [
+        "--cloud=gcp",
+        "--cloud-region=us-east1-b",
+        "--cloud-type=m+t4",
+        "--cloud-hdd-size=100",
+        "--cloud-spot",
+    ]
+    dev = initialised / ".github/workflows/dev.yml"
+    linted = actionlint(dev)
+    assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
+    audited = zizmor(initialised / ".github", "--persona", "auditor")
+    assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -264,6 +288,9 @@ def test_init_refuses_what_is_not_a_dvc_project_and_broken_toml(tmp_path: Path) 
         ("lint = []", "lint = []\nretrain = { statistics = 'stats' }", "statistics needs data"),
         ("lint = []", "lint = []\npipelines.x = { pull = ['/abs'] }", "a folder inside the"),
         ("lint = []", "lint = []\nlint = []", "not valid TOML"),
+        ("lint = []", "lint = []\ngpu_runner.cloud = 'ibm'", "cloud must be one of aws, azure,"),
+        ("lint = []", "lint = []\ngpu_runner.region = '${{ x }}'", "region must be a cloud's"),
+        ("lint = []", "lint = []\ngpu_runner.hdd_size = 0", "hdd_size must be a whole number"),
     ],
 )
 def test_a_bad_ci_setting_stops_init_in_one_line(

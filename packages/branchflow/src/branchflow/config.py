@@ -224,6 +224,29 @@ class RetrainSettings:
     schedule: str = "17 3 * * 1"  # cron, UTC: Mondays at 03:17
 
 
+CLOUD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a region or machine type, as CML takes it
+GPU_CLOUD_SECRETS = {  # the credentials `cml runner launch` reads, kept as secrets of these names
+    "aws": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    "azure": ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_SUBSCRIPTION_ID", "AZURE_TENANT_ID"),
+    "gcp": ("GOOGLE_APPLICATION_CREDENTIALS_DATA",),
+}
+
+
+@dataclass(frozen=True)
+class GpuRunnerSettings:
+    """`[tool.branchflow.ci.gpu_runner]`: the cloud machine dev.yml launches with `cml runner
+    launch` when BRANCHFLOW_COMPUTE is gpu-runner. `cloud`: aws, azure or gcp (its credentials
+    come from the secrets `GPU_CLOUD_SECRETS` names); `region`, `type` and `hdd_size` (GB) are
+    CML's `--cloud-region`, `--cloud-type` and `--cloud-hdd-size`; `spot` asks for a preemptible
+    instance (`--cloud-spot`)."""
+
+    cloud: str = "aws"
+    region: str = "us-west"
+    type: str = "g4dn.xlarge"
+    hdd_size: int = 100
+    spot: bool = False
+
+
 @dataclass(frozen=True)
 class CISettings:
     """`[tool.branchflow.ci]`: what `branchflow init` detected, from which it writes `.github/`.
@@ -248,11 +271,13 @@ class CISettings:
     azureml_groups: tuple[str, ...] = ()
     pipelines: Mapping[str, CIPipeline] = field(default_factory=dict)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    gpu_runner: GpuRunnerSettings = field(default_factory=GpuRunnerSettings)
 
 
 CI_KEYS = tuple(f.name for f in fields(CISettings))
 CI_PIPELINE_KEYS = tuple(f.name for f in fields(CIPipeline))
 RETRAIN_KEYS = tuple(f.name for f in fields(RetrainSettings))
+GPU_RUNNER_KEYS = tuple(f.name for f in fields(GpuRunnerSettings))
 DRIFT_KEYS = tuple(f.name for f in fields(DriftSettings))
 AZUREML_ENVIRONMENT_KEYS = tuple(f.name for f in fields(AzureMLEnvironment))
 AZUREML_STAGE_KEYS = tuple(f.name for f in fields(AzureMLStage))
@@ -637,6 +662,7 @@ def _ci_settings(path: Path, table: object) -> CISettings:
         azureml_groups=_strings(path, "ci.azureml_groups", table.get("azureml_groups", [])),
         pipelines={name: _ci_pipeline(path, name, value) for name, value in pipelines.items()},
         retrain=_retrain_settings(path, table.get("retrain", {})),
+        gpu_runner=_gpu_runner_settings(path, table.get("gpu_runner", {})),
     )
 
 
@@ -662,6 +688,33 @@ def _retrain_settings(path: Path, table: object) -> RetrainSettings:
             "and reference (the champion data's statistics); add them"
         )
     return RetrainSettings(**values)
+
+
+def _gpu_runner_settings(path: Path, table: object) -> GpuRunnerSettings:
+    section = "[tool.branchflow.ci.gpu_runner]"
+    table = _table(path, section, table, GPU_RUNNER_KEYS)
+    default = GpuRunnerSettings()
+    cloud = table.get("cloud", default.cloud)
+    if cloud not in GPU_CLOUD_SECRETS:
+        raise BranchflowError(
+            f"{path}: {section} cloud must be one of {', '.join(GPU_CLOUD_SECRETS)}, got {cloud!r}"
+        )
+    hdd_size = table.get("hdd_size", default.hdd_size)
+    if not isinstance(hdd_size, int) or isinstance(hdd_size, bool) or hdd_size < 1:
+        raise BranchflowError(
+            f"{path}: {section} hdd_size must be a whole number of GB, got {hdd_size!r}"
+        )
+    spot = table.get("spot", default.spot)
+    if not isinstance(spot, bool):
+        raise BranchflowError(f"{path}: {section} spot must be true or false, got {spot!r}")
+    names = {key: table.get(key, getattr(default, key)) for key in ("region", "type")}
+    for key, value in names.items():
+        if not isinstance(value, str) or not CLOUD_NAME.fullmatch(value):
+            raise BranchflowError(
+                f"{path}: {section} {key} must be a cloud's name for it (letters, digits and "
+                f"._+-, like {getattr(default, key)!r}), got {value!r}"
+            )
+    return GpuRunnerSettings(cloud=cloud, hdd_size=hdd_size, spot=spot, **names)
 
 
 def _text(path: Path, key: str, value: object) -> str:

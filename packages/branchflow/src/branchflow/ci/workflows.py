@@ -15,7 +15,7 @@ from typing import Any
 
 from branchflow import __version__
 from branchflow.azureml import DEFAULT_OUT
-from branchflow.config import Settings
+from branchflow.config import GPU_CLOUD_SECRETS, GpuRunnerSettings, Settings
 from branchflow.dag import Dag, read_dag
 from branchflow.errors import BranchflowError
 from branchflow.pipelines import (
@@ -201,7 +201,17 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "others": [build for build in builds if build is not model],
         "dev_branch": settings.dev_branch,
         "retrain": ci.retrain,
+        "gpu_secrets": GPU_CLOUD_SECRETS[ci.gpu_runner.cloud],
+        "gpu_launch": _gpu_launch(ci.gpu_runner),
     }
+
+
+def _gpu_launch(runner: GpuRunnerSettings) -> list[str]:
+    """The words of dev.yml's `cml runner launch`, one flag each, after `--repo`."""
+    words = [f"--cloud={runner.cloud}", f"--cloud-region={runner.region}"]
+    words += [f"--cloud-type={runner.type}", f"--cloud-hdd-size={runner.hdd_size}"]
+    words += ["--cloud-spot"] if runner.spot else []
+    return [*words, "--labels=cml-gpu", "--idle-timeout=600", "--single"]
 
 
 def _install_what(install: str, requirements: tuple[str, ...]) -> str:
