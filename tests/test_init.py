@@ -12,13 +12,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
 from branchflow.ci.init import detect
 from tests.conftest import ROOT, hide_ci_variables, init_repo, sh
 from tests.shapes_project import make_shapes_repo
-from tests.sklearn_project import make_sklearn_repo
+from tests.sklearn_project import DATA, ROWS, make_sklearn_repo
 from tests.test_pipelines import github_glob
 from tests.test_workflows import (
     actionlint,
@@ -341,6 +342,67 @@ def test_a_dvc_import_is_a_data_source_and_a_bare_project_installs_only_branchfl
     assert list(dev) == ["training-full"]
     linted = actionlint(*sorted((project / ".github/workflows").glob("*.yml")))
     assert linted.returncode == 0, linted.stdout
+
+
+def imported_sklearn_repo(tmp_path: Path) -> tuple[Path, Path]:
+    """The sklearn project with its rows imported (`dvc import`) from a DVC repository of their
+    own, `branchflow init` run and committed: (project, source)."""
+    source = init_repo(write(tmp_path / "source/README.md", "rows\n").parent)
+    write(source / DATA, json.dumps(ROWS))
+    sh("dvc", "init", "-q", cwd=source)
+    sh("dvc", "add", "-q", DATA, cwd=source)
+    sh("git", "add", "-A", cwd=source)
+    sh("git", "commit", "-qm", "rows", cwd=source)
+    project = make_sklearn_repo(tmp_path / "project")
+    sh("git", "rm", "-q", f"{DATA}.dvc", cwd=project)
+    (project / DATA).unlink()
+    sh("dvc", "import", "-q", str(source), DATA, "-o", DATA, cwd=project)
+    sh("branchflow", "init", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "rows imported; CI from branchflow init", cwd=project)
+    return project, source
+
+
+def test_retrain_updates_imported_data_and_retrains_only_when_upstream_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a statistics command, retrain.yml watches the model pipeline's `dvc import`s:
+    its update step reports no change until the source repository commits new rows; then the
+    retrain and register steps train on them and register a second version."""
+    hide_ci_variables(monkeypatch, "MLFLOW_")
+    repo, source = imported_sklearn_repo(tmp_path)
+    sh("branchflow", "register", cwd=repo)
+    workflow = load(repo / ".github/workflows/retrain.yml")
+    steps = {step.get("name"): step for step in workflow["jobs"]["retrain"]["steps"]}
+    assert f"dvc update {DATA}.dvc" in steps["Update the imported data"]["run"]
+    assert steps["Retrain"]["if"] == "steps.update.outputs.changed == 'true'"
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    env, contexts = github_env(runner, repo), {"secrets": {}}
+
+    def update() -> str:
+        name = "Update the imported data"
+        run_job("retrain.yml", "retrain", name, name, repo, env, contexts, repo / ".github")
+        return (runner / "output").read_text().splitlines()[-1]
+
+    assert update() == "changed=false"
+    write(source / DATA, json.dumps([*ROWS, [0.95, 0.9, 1], [0.05, 0.2, 0]]))
+    sh("dvc", "add", "-q", DATA, cwd=source)
+    sh("git", "commit", "-qam", "two more rows", cwd=source)
+    assert update() == "changed=true"
+    (*_, registered) = run_job(
+        "retrain.yml", "retrain", "Retrain", "Register the model", repo, env, contexts,
+        repo / ".github",
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+    versions = client.search_model_versions("", order_by=["version_number ASC"])
+    hashes = [client.get_run(version.run_id).data.tags["data_hash"] for version in versions]
+    assert len(versions) == 2 and hashes[0] != hashes[1]
+    linted = actionlint(repo / ".github/workflows/retrain.yml")
+    assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
+    audited = zizmor(repo / ".github", "--persona", "auditor")
+    assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
 
 
 def adopt_commands() -> list[str]:

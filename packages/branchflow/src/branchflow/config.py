@@ -213,8 +213,8 @@ class RetrainSettings:
 
     `statistics` is a command run as `<statistics> <data> <out.json>`; `reference` is the
     committed statistics of the champion's data; `param` is the params.yaml key naming the
-    data folder (`data.raw`), set to `data` for the retrain. Without `statistics` no
-    retrain.yml is written.
+    data folder (`data.raw`), set to `data` for the retrain. Without `statistics`, retrain.yml
+    retrains when `dvc update` moves the model pipeline's imports; with neither, there is none.
     """
 
     statistics: str | None = None

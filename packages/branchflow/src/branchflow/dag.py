@@ -34,6 +34,7 @@ class DataSource:
     md5: str
     dvcfile: str
     name: str
+    imported: bool  # from `dvc import` or `dvc import-url`: `dvc update` moves it upstream's way
 
 
 @dataclass(frozen=True)
@@ -203,9 +204,8 @@ class _Reader:
                 path = self._rel(out.fs_path)
                 name = f"in_{ident(path)}"
                 if out.stage.is_data_source:
-                    source = DataSource(
-                        path, _md5(out), out.stage.path_in_repo, f"dvc_{ident(path)}"
-                    )
+                    dvcfile, imported = out.stage.path_in_repo, out.stage.is_import
+                    source = DataSource(path, _md5(out), dvcfile, f"dvc_{ident(path)}", imported)
                     self.sources[path] = source
                     inputs[path] = Input(path, name, None, source.name)
                 else:

@@ -59,6 +59,7 @@ class PipelineBuild:
     dvcfile: str
     paths: tuple[str, ...]  # the PR build's path filters
     pull: tuple[str, ...]
+    imports: tuple[str, ...]  # the `.dvc` files of its `dvc import`s, which `dvc update` moves
     has_model: bool
     has_metrics: bool  # it declares metrics, so it has a report and a gate
     dev_remote: str | None
@@ -124,7 +125,7 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
     }
     if context["reported"]:
         files[_workflow_file("pr-comment")] = "pr-comment.yml"
-    if context["m"] and settings.ci.retrain.statistics:
+    if context["m"] and (settings.ci.retrain.statistics or context["m"].imports):
         files[_workflow_file("retrain")] = "retrain.yml"
     rendered = {path: _render(template, context) for path, template in files.items()}
     for build in builds:
@@ -163,6 +164,7 @@ def _build(
         dvcfile=pipeline.dvcfile,
         paths=tuple(sorted(paths)),
         pull=pull,
+        imports=tuple(sorted({s.dvcfile for s in data_sources(dag, pipeline) if s.imported})),
         has_model=has_model,
         has_metrics=bool(metrics_files(own_steps(dag, pipeline))),
         dev_remote=own.dev_remote if own else None,
