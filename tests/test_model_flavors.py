@@ -5,6 +5,7 @@ wrapper and load back with `mlflow.pyfunc`; the flavor settings reject mistakes 
 from __future__ import annotations
 
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +93,16 @@ def test_a_file_that_is_not_the_flavors_model_fails_before_logging(
     with pytest.raises(BranchflowError, match=f"artifacts {MODEL}: not a pickled estimator"):
         register(repo, on("sklearn/garbage"))
     assert client.search_registered_models("name LIKE '%sklearn-garbage%'") == []
+
+
+@pytest.mark.usefixtures("registry_env")
+def test_a_flavor_whose_package_is_missing_names_it_before_logging(
+    repo: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now fails, as uninstalled
+    with pytest.raises(BranchflowError, match="flavor sklearn needs the scikit-learn package"):
+        register(repo, on("sklearn/missing"))
+    assert client.search_registered_models("name LIKE '%sklearn-missing%'") == []
 
 
 @pytest.mark.parametrize(
