@@ -395,7 +395,8 @@ def test_retrain_updates_imported_data_and_retrains_only_when_upstream_moved(
         repo / ".github",
     )  # fmt: skip
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    client = mlflow.MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+    store = f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store, registry_uri=store)  # not another test's registry
     versions = client.search_model_versions("", order_by=["version_number ASC"])
     hashes = [client.get_run(version.run_id).data.tags["data_hash"] for version in versions]
     assert len(versions) == 2 and hashes[0] != hashes[1]
