@@ -304,15 +304,8 @@ class Settings:
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
-TABLES = (
-    "gate",
-    "model",
-    "azureml",
-    "drift",
-    "pipelines",
-    "gates",
-    "ci",
-)  # the keys that are sub-tables
+# the keys that are sub-tables
+TABLES = ("gate", "model", "azureml", "drift", "pipelines", "gates", "ci")
 
 
 def load_settings(root: Path) -> Settings:
@@ -619,6 +612,14 @@ def _count(path: Path, key: str, value: object) -> int:
     return value
 
 
+def _flag(path: Path, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} must be true or false, got {value!r}"
+        )
+    return value
+
+
 def _strings(path: Path, key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise BranchflowError(
@@ -646,9 +647,6 @@ def _ci_settings(path: Path, table: object) -> CISettings:
             f"{path}: {CI_SECTION} install must be one of {', '.join(INSTALL_METHODS)}, "
             f"got {install!r}"
         )
-    torch = table.get("torch", False)
-    if not isinstance(torch, bool):
-        raise BranchflowError(f"{path}: {CI_SECTION} torch must be true or false, got {torch!r}")
     pipelines = _table(path, f"{CI_SECTION} pipelines", table.get("pipelines", {}))
     return CISettings(
         install=install,
@@ -658,7 +656,7 @@ def _ci_settings(path: Path, table: object) -> CISettings:
         python=_string(path, "ci.python", table.get("python", "3.11")),
         lint=_strings(path, "ci.lint", table.get("lint", [])),
         test=_strings(path, "ci.test", table.get("test", [])),
-        torch=torch,
+        torch=_flag(path, "ci.torch", table.get("torch", False)),
         azureml_groups=_strings(path, "ci.azureml_groups", table.get("azureml_groups", [])),
         pipelines={name: _ci_pipeline(path, name, value) for name, value in pipelines.items()},
         retrain=_retrain_settings(path, table.get("retrain", {})),
@@ -699,14 +697,6 @@ def _gpu_runner_settings(path: Path, table: object) -> GpuRunnerSettings:
         raise BranchflowError(
             f"{path}: {section} cloud must be one of {', '.join(GPU_CLOUD_SECRETS)}, got {cloud!r}"
         )
-    hdd_size = table.get("hdd_size", default.hdd_size)
-    if not isinstance(hdd_size, int) or isinstance(hdd_size, bool) or hdd_size < 1:
-        raise BranchflowError(
-            f"{path}: {section} hdd_size must be a whole number of GB, got {hdd_size!r}"
-        )
-    spot = table.get("spot", default.spot)
-    if not isinstance(spot, bool):
-        raise BranchflowError(f"{path}: {section} spot must be true or false, got {spot!r}")
     names = {key: table.get(key, getattr(default, key)) for key in ("region", "type")}
     for key, value in names.items():
         if not isinstance(value, str) or not CLOUD_NAME.fullmatch(value):
@@ -714,7 +704,12 @@ def _gpu_runner_settings(path: Path, table: object) -> GpuRunnerSettings:
                 f"{path}: {section} {key} must be a cloud's name for it (letters, digits and "
                 f"._+-, like {getattr(default, key)!r}), got {value!r}"
             )
-    return GpuRunnerSettings(cloud=cloud, hdd_size=hdd_size, spot=spot, **names)
+    return GpuRunnerSettings(
+        cloud=cloud,
+        hdd_size=_count(path, "ci.gpu_runner.hdd_size", table.get("hdd_size", default.hdd_size)),
+        spot=_flag(path, "ci.gpu_runner.spot", table.get("spot", default.spot)),
+        **names,
+    )
 
 
 def _text(path: Path, key: str, value: object) -> str:
