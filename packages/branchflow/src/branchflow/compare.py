@@ -27,7 +27,6 @@ from branchflow.errors import BranchflowError
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
-    from mlflow import MlflowClient
     from mlflow.entities import Run
 
     from branchflow.tracking import Store
@@ -258,7 +257,13 @@ def find_base_run(root: Path, store: Store, commit: str) -> Run | None:
     from mlflow.entities import ViewType
 
     from branchflow.config import load_settings
-    from branchflow.tracking import COMMIT_TAG, DIRTY_TAG, connect, mlflow_errors
+    from branchflow.tracking import (
+        COMMIT_TAG,
+        DIRTY_TAG,
+        connect,
+        mlflow_errors,
+        project_experiments,
+    )
 
     query = (
         f"tags.{COMMIT_TAG} = '{commit}' and tags.{DIRTY_TAG} = 'false' "
@@ -267,26 +272,11 @@ def find_base_run(root: Path, store: Store, commit: str) -> Run | None:
     newest = ["attributes.start_time DESC"]
     client = connect(store)
     with mlflow_errors(store):
-        experiments = _project_experiments(client, load_settings(root).base_name)
+        experiments = project_experiments(client, load_settings(root).base_name)
         if not experiments:
             return None
         runs = client.search_runs(experiments, query, ViewType.ACTIVE_ONLY, 1, newest)
     return runs[0] if runs else None
-
-
-def _project_experiments(client: MlflowClient, project: str) -> list[str]:
-    """The ids of the active experiments tagged as `project`'s (`ensure_experiment`)."""
-    from mlflow.entities import ViewType
-
-    from branchflow.tracking import PROJECT_TAG
-
-    found, token = [], None
-    while True:
-        page = client.search_experiments(ViewType.ACTIVE_ONLY, page_token=token)
-        found += [e.experiment_id for e in page if e.tags.get(PROJECT_TAG) == project]
-        token = page.token
-        if not token:
-            return found
 
 
 def _searched(store: Store, run: Run | None) -> str:

@@ -187,8 +187,6 @@ def branch_experiments(
 ) -> list[Any]:
     """Active experiments that `ensure_experiment` created for `branch` of `project`; one
     without a project tag (made before it existed) only when its name is in `untagged`."""
-    from mlflow.entities import ViewType
-
     names = set(untagged)
 
     def ours(tags: Mapping[str, str], name: str) -> bool:
@@ -197,13 +195,26 @@ def branch_experiments(
             owner == project or (not owner and name in names)
         )
 
-    found, token = [], None
+    return [e for e in _active_experiments(client) if ours(e.tags, e.name)]
+
+
+def project_experiments(client: MlflowClient, project: str) -> list[str]:
+    """The ids of the active experiments `ensure_experiment` tagged as `project`'s."""
+    found = _active_experiments(client)
+    return [e.experiment_id for e in found if e.tags.get(PROJECT_TAG) == project]
+
+
+def _active_experiments(client: MlflowClient) -> Iterator[Any]:
+    """Every active experiment on the server, page by page."""
+    from mlflow.entities import ViewType
+
+    token = None
     while True:
         page = client.search_experiments(ViewType.ACTIVE_ONLY, page_token=token)
-        found += [e for e in page if ours(e.tags, e.name)]
+        yield from page
         token = page.token
         if not token:
-            return found
+            return
 
 
 def owner() -> str:
