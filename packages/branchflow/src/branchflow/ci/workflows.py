@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from branchflow import __version__
 from branchflow.azureml import DEFAULT_OUT
 from branchflow.config import GPU_CLOUD_SECRETS, GpuRunnerSettings, Settings
-from branchflow.dag import Dag, read_dag
+from branchflow.dag import Dag, DataSource, read_dag
 from branchflow.errors import BranchflowError
 from branchflow.pipelines import (
     DVCFILE,
@@ -154,7 +155,8 @@ def _build(
     root: Path, settings: Settings, dag: Dag, pipeline: Pipeline, has_model: bool
 ) -> PipelineBuild:
     own = settings.ci.pipelines.get(pipeline.name)
-    pull = own.pull if own and own.pull is not None else _pull_targets(dag, pipeline)
+    sources = data_sources(dag, pipeline)
+    pull = own.pull if own and own.pull is not None else _dvcfiles(sources)
     model = settings.model if has_model else None
     workflow = _workflow_file(pr_workflow(pipeline.name))
     paths = {*watched_paths(root, dag, pipeline, model), workflow, f"{SETUP_FOLDER}/**"}
@@ -164,7 +166,7 @@ def _build(
         dvcfile=pipeline.dvcfile,
         paths=tuple(sorted(paths)),
         pull=pull,
-        imports=tuple(sorted({s.dvcfile for s in data_sources(dag, pipeline) if s.imported})),
+        imports=_dvcfiles(source for source in sources if source.imported),
         has_model=has_model,
         has_metrics=bool(metrics_files(own_steps(dag, pipeline))),
         dev_remote=own.dev_remote if own else None,
@@ -173,9 +175,9 @@ def _build(
     )
 
 
-def _pull_targets(dag: Dag, pipeline: Pipeline) -> tuple[str, ...]:
-    """The `.dvc` files of the pipeline's data sources."""
-    return tuple(sorted({source.dvcfile for source in data_sources(dag, pipeline)}))
+def _dvcfiles(sources: Iterable[DataSource]) -> tuple[str, ...]:
+    """The `.dvc` files of the data sources `sources`, each once."""
+    return tuple(sorted({source.dvcfile for source in sources}))
 
 
 def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dict[str, Any]:
