@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from branchflow.errors import EXIT_OK, EXIT_TOOL, EXIT_VERDICT, BranchflowError
+from branchflow.files import write_atomic
 
 SCHEMA = "branchflow-report/1"
 MAX_DOCUMENT_BYTES = 1024 * 1024
@@ -631,7 +632,7 @@ def publish(
     folder.mkdir()
     for name, data in artifact.figures.items():
         (folder / name).write_bytes(data)
-    out.write_text(markdown, encoding="utf-8")
+    write_atomic(out, markdown)
     return artifact
 
 

@@ -33,6 +33,7 @@ from branchflow.config import GateSettings, load_settings
 from branchflow.context import Context, names_for, resolve_context
 from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
+from branchflow.files import write_atomic
 from branchflow.gate import Verdict, evaluate, key_metric
 from branchflow.pipelines import scope
 from branchflow.plots import Plot, render_plots
@@ -92,9 +93,9 @@ def write_report(
         else None,
     }
     source = out.with_suffix(".json")
-    source.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(source, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     markdown = render(load(source).document, files.name, run_url=context.run_url)
-    out.write_text(markdown, encoding="utf-8")
+    write_atomic(out, markdown)
     return verdict
 
 
