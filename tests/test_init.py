@@ -32,6 +32,7 @@ from tests.test_workflows import (
 
 README = ROOT / "README.md"
 ADOPT = "## Adopt branchflow in your project"
+AUDITOR = (("--persona", "auditor"),)  # zizmor's strictest persona
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +176,17 @@ def test_the_generated_workflows_pass_actionlint_and_zizmor(
     repo = copy_repo(shapes) if project == "shapes" else make_sklearn_repo(tmp_path / "repo")
     sh("branchflow", "init", cwd=repo)
     github = repo / ".github"
-    linted = actionlint(*sorted((github / "workflows").glob("*.yml")))
+    workflows = sorted((github / "workflows").glob("*.yml"))
+    assert_lints_clean(github, workflows, personas=((), ("--persona", "auditor")))
+
+
+def assert_lints_clean(
+    github: Path, workflows: list[Path], personas: tuple[tuple[str, ...], ...] = AUDITOR
+) -> None:
+    """actionlint finds nothing in `workflows`, nor zizmor in `github` with each of `personas`."""
+    linted = actionlint(*workflows)
     assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
-    for options in ((), ("--persona", "auditor")):
+    for options in personas:
         audited = zizmor(github, *options)
         assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
 
@@ -199,11 +208,7 @@ def test_the_gpu_runner_is_launched_on_the_configured_cloud(initialised: Path) -
         "--cloud-hdd-size=100",
         "--cloud-spot",
     ]
-    dev = initialised / ".github/workflows/dev.yml"
-    linted = actionlint(dev)
-    assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
-    audited = zizmor(initialised / ".github", "--persona", "auditor")
-    assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
+    assert_lints_clean(initialised / ".github", [initialised / ".github/workflows/dev.yml"])
 
 
 def write(path: Path, text: str) -> Path:
@@ -400,10 +405,7 @@ def test_retrain_updates_imported_data_and_retrains_only_when_upstream_moved(
     versions = client.search_model_versions("", order_by=["version_number ASC"])
     hashes = [client.get_run(version.run_id).data.tags["data_hash"] for version in versions]
     assert len(versions) == 2 and hashes[0] != hashes[1]
-    linted = actionlint(repo / ".github/workflows/retrain.yml")
-    assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
-    audited = zizmor(repo / ".github", "--persona", "auditor")
-    assert json.loads(audited.stdout) == [] and audited.returncode == 0, audited.stderr
+    assert_lints_clean(repo / ".github", [repo / ".github/workflows/retrain.yml"])
 
 
 def adopt_commands() -> list[str]:
