@@ -16,6 +16,7 @@ import mlflow
 import pytest
 import yaml
 
+from branchflow import __version__
 from branchflow.ci.init import detect
 from tests.conftest import ROOT, hide_ci_variables, init_repo, sh
 from tests.shapes_project import make_shapes_repo
@@ -95,7 +96,7 @@ def test_init_detects_writes_and_then_changes_nothing(shapes: Path, copy_repo) -
     assert settings["ci"] == {
         "install": "requirements",
         "requirements": ["requirements.txt"],
-        "branchflow": "branchflow[report,azure]",
+        "branchflow": f"branchflow[report,azure]=={__version__}",
         "lint": [],
         "test": [],
     }
@@ -104,6 +105,43 @@ def test_init_detects_writes_and_then_changes_nothing(shapes: Path, copy_repo) -
     assert init(repo).stdout == "nothing to change\n"
     checked = init(repo, "--check")
     assert checked.returncode == 0 and checked.stdout.startswith("all "), checked.stderr
+
+
+URL = "git+https://github.com/branchflow/branchflow@0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    ("pinned", "renderer"),
+    [
+        ("branchflow[report,azure]==0.3.1", "branchflow==0.3.1"),
+        (f"branchflow[report] @ {URL}#subdirectory=packages/branchflow", None),
+    ],
+)
+def test_the_builds_and_the_comment_job_install_one_branchflow(
+    initialised: Path, pinned: str, renderer: str | None
+) -> None:
+    """The setup action installs `ci.branchflow`; the comment job the same, without extras; a
+    hand edit of either is a diff `init --check` reports."""
+    repo = initialised
+    pyproject = repo / "pyproject.toml"
+    current = _branchflow_table(repo)["ci"]["branchflow"]
+    pyproject.write_text(pyproject.read_text().replace(current, pinned))
+    assert init(repo).returncode == 0
+    setup = (repo / ".github/actions/setup/action.yml").read_text()
+    assert f'uv pip install "{pinned}"' in setup
+    comment = load(repo / ".github/workflows/pr-comment.yml")
+    (installed,) = [
+        s["env"]["RENDERER"] for s in steps_of(comment) if "RENDERER" in s.get("env", {})
+    ]
+    assert installed == (renderer or f"branchflow @ {URL}#subdirectory=packages/branchflow")
+    path = repo / ".github/workflows/pr-comment.yml"
+    path.write_text(path.read_text().replace(installed, "branchflow==9.9.9"))
+    checked = init(repo, "--check")
+    assert checked.returncode == 1 and "branchflow==9.9.9" in checked.stdout
+
+
+def steps_of(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 
 
 def _branchflow_table(repo: Path) -> dict:
@@ -230,8 +268,8 @@ def test_detection_reads_how_a_project_installs_lints_and_tests(tmp_path: Path) 
     uv = detected(
         tmp_path / "uv",
         {
-            "pyproject.toml": '[project]\nname = "a"\n[tool.ruff]\n[dependency-groups]\n'
-            "cpu = []\ncuda = []\nazureml = []\n",
+            "pyproject.toml": '[project]\nname = "a"\ndependencies = ["torch>=2"]\n[tool.ruff]\n'
+            "[dependency-groups]\nazureml = []\n",
             "uv.lock": 'version = 1\n[[package]]\nname = "a"\nversion = "1"\n',
             "tests/test_a.py": "",
             ".python-version": "3.12\n",
@@ -239,7 +277,7 @@ def test_detection_reads_how_a_project_installs_lints_and_tests(tmp_path: Path) 
     )
     assert uv == {
         "install": "uv",
-        "branchflow": "branchflow[report,azure]",  # the lock does not hold it
+        "branchflow": f"branchflow[report,azure]=={__version__}",  # the lock does not hold it
         "python": "3.12",
         "lint": ["ruff check", "ruff format --check"],
         "test": ["pytest"],
@@ -290,6 +328,9 @@ def test_init_refuses_what_is_not_a_dvc_project_and_broken_toml(tmp_path: Path) 
         ('install = "requirements"', 'install = "conda"', "install must be one of uv,"),
         ("lint = []", 'lint = "ruff check"', "ci.lint must be a list of non-empty strings"),
         ("lint = []", "lint = []\ntorch = 'yes'", "torch must be true or false"),
+        ("lint = []", "lint = []\nbranchflow = 'branchflow[report]'", "must pin one branchflow"),
+        ("lint = []", "lint = []\nbranchflow = 'branchflow>=0.1'", "must pin one branchflow"),
+        ("lint = []", "lint = []\nbranchflow = 'other==1'", "must pin one branchflow"),
         ("lint = []", "lint = []\ntypo = 1", "unknown key 'typo'"),
         ("lint = []", "lint = []\nretrain = { statistics = 'stats' }", "statistics needs data"),
         ("lint = []", "lint = []\npipelines.x = { pull = ['/abs'] }", "a folder inside the"),

@@ -1,3 +1,5 @@
 """branchflow: GitOps CI/CD for machine-learning pipelines built on DVC and MLflow."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("branchflow")  # one place: packages/branchflow/pyproject.toml

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from branchflow import __version__
 from branchflow.errors import BranchflowError
 
 PYPROJECT = "pyproject.toml"
@@ -252,17 +253,18 @@ class CISettings:
     """`[tool.branchflow.ci]`: what `branchflow init` detected, from which it writes `.github/`.
 
     `install`: "uv" (`uv sync --locked`), "requirements" (`requirements` files) or "pip"
-    (`pip install -e .`). `branchflow`: the requirement that installs branchflow, empty when the
+    (`pip install -e .`). `branchflow`: the requirement that installs branchflow, pinned to one
+    release or URL, which the comment jobs install too (without extras); empty when the
     project's own install brings it (a uv lock holding it). `renderer`: the folder of
     branchflow's source in this repository, which the comment jobs check out; empty: they
-    install `branchflow` alone. `lint` and `test`: the PR checks' commands. `torch`: dependency
-    groups `cpu` and `cuda` pick torch's build (uv only); `azureml_groups`: uv groups the Azure
-    ML job adds.
+    install `branchflow` alone. `lint` and `test`: the PR checks' commands. `torch`: the
+    project trains with torch, so the GPU runner's dev build checks that CUDA works;
+    `azureml_groups`: uv groups the Azure ML job adds.
     """
 
     install: str = "pip"
     requirements: tuple[str, ...] = ()
-    branchflow: str = "branchflow[report,azure]"
+    branchflow: str = f"branchflow[report,azure]=={__version__}"
     renderer: str = ""
     python: str = "3.11"
     lint: tuple[str, ...] = ()
@@ -651,7 +653,7 @@ def _ci_settings(path: Path, table: object) -> CISettings:
     return CISettings(
         install=install,
         requirements=_relative_paths(path, "ci.requirements", table.get("requirements", [])),
-        branchflow=_text(path, "ci.branchflow", table.get("branchflow", CISettings.branchflow)),
+        branchflow=_branchflow_requirement(path, table.get("branchflow", CISettings.branchflow)),
         renderer=_text(path, "ci.renderer", table.get("renderer", "")),
         python=_string(path, "ci.python", table.get("python", "3.11")),
         lint=_strings(path, "ci.lint", table.get("lint", [])),
@@ -710,6 +712,37 @@ def _gpu_runner_settings(path: Path, table: object) -> GpuRunnerSettings:
         spot=_flag(path, "ci.gpu_runner.spot", table.get("spot", default.spot)),
         **names,
     )
+
+
+def _branchflow_requirement(path: Path, value: object) -> str:
+    """`ci.branchflow`: empty, or a requirement of branchflow pinned to one release or URL."""
+    text = _text(path, "ci.branchflow", value)
+    if text and renderer_requirement(text) is None:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] ci.branchflow must pin one branchflow "
+            f"(branchflow[report,azure]=={__version__}, or branchflow[report,azure] @ <url>), "
+            f"got {text!r}; pin it"
+        )
+    return text
+
+
+def renderer_requirement(requirement: str) -> str | None:
+    """`requirement` without its extras (what the comment jobs install), or None unless it is
+    branchflow pinned to one version (`==`) or to a URL."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        parsed = Requirement(requirement)
+    except InvalidRequirement:
+        return None
+    if parsed.name.lower() != "branchflow" or parsed.marker is not None:
+        return None
+    if parsed.url:
+        return f"branchflow @ {parsed.url}"
+    (pin, *more) = [*parsed.specifier] or [None]
+    if pin is None or more or pin.operator != "==" or "*" in pin.version:
+        return None
+    return f"branchflow=={pin.version}"
 
 
 def _text(path: Path, key: str, value: object) -> str:

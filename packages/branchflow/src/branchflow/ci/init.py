@@ -7,11 +7,13 @@ the ignore entries and the files `branchflow.ci.workflows` generates. `--check` 
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from branchflow import __version__
 from branchflow.ci.workflows import generated_files, stale_files
 from branchflow.config import PYPROJECT, default_base_name, parse_settings
 from branchflow.errors import BranchflowError
@@ -79,7 +81,7 @@ def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:
     table: dict[str, Any] = {"install": _install_method(uv, requirements, document)}
     if not uv and requirements:
         table["requirements"] = requirements
-    table["branchflow"] = "" if uv and _locks_branchflow(root) else "branchflow[report,azure]"
+    table["branchflow"] = "" if uv and _locks_branchflow(root) else _installed_requirement()
     renderer = _renderer_source(root)
     if renderer:
         table["renderer"] = renderer
@@ -88,11 +90,42 @@ def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:
         table["python"] = python.read_text(encoding="utf-8").strip()
     table["lint"] = list(_lint_commands(root, document))
     table["test"] = ["pytest"] if _has_tests(root, document) else []
-    if uv and {"cpu", "cuda"} <= set(groups):
+    if "torch" in _dependency_names(document):
         table["torch"] = True
     if uv and "azureml" in groups:
         table["azureml_groups"] = ["azureml"]
     return table
+
+
+def _installed_requirement() -> str:
+    """The requirement that installs the branchflow running now, pinned: its URL and commit
+    when pip or uv installed it from a git URL (PEP 610's direct_url.json), else its version."""
+    from importlib.metadata import distribution
+
+    extras = "branchflow[report,azure]"
+    direct = json.loads(distribution("branchflow").read_text("direct_url.json") or "{}")
+    vcs = direct.get("vcs_info", {})
+    if vcs.get("vcs") == "git" and vcs.get("commit_id"):
+        url, subdirectory = direct["url"], direct.get("subdirectory")
+        fragment = f"#subdirectory={subdirectory}" if subdirectory else ""
+        return f"{extras} @ git+{url}@{vcs['commit_id']}{fragment}"
+    return f"{extras}=={__version__}"
+
+
+def _dependency_names(document: dict[str, Any]) -> set[str]:
+    """The names of what `[project]` and its dependency groups require."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    groups = document.get("dependency-groups", {}).values()
+    texts = [*document.get("project", {}).get("dependencies", [])]
+    texts += [item for group in groups for item in group if isinstance(item, str)]
+    names = set()
+    for text in texts:
+        try:
+            names.add(Requirement(text).name.lower())
+        except InvalidRequirement:
+            continue
+    return names
 
 
 def _install_method(uv: bool, requirements: list[str], document: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,12 @@ from typing import Any
 
 from branchflow import __version__
 from branchflow.azureml import DEFAULT_OUT
-from branchflow.config import GPU_CLOUD_SECRETS, GpuRunnerSettings, Settings
+from branchflow.config import (
+    GPU_CLOUD_SECRETS,
+    GpuRunnerSettings,
+    Settings,
+    renderer_requirement,
+)
 from branchflow.dag import Dag, DataSource, read_dag
 from branchflow.errors import BranchflowError
 from branchflow.pipelines import (
@@ -195,7 +201,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "python": ci.python,
         "branchflow": ci.branchflow,
         "renderer": ci.renderer,
-        "renderer_requirement": f"branchflow=={__version__}",  # the renderer of this init
+        "renderer_requirement": _renderer_requirement(root, ci.branchflow),
         "lint": ci.lint,
         "test": ci.test,
         "azureml": (root / DEFAULT_OUT).is_dir(),  # compiled: the project uses Azure ML
@@ -216,6 +222,17 @@ def _gpu_launch(runner: GpuRunnerSettings) -> list[str]:
     words += [f"--cloud-type={runner.type}", f"--cloud-hdd-size={runner.hdd_size}"]
     words += ["--cloud-spot"] if runner.spot else []
     return [*words, "--labels=cml-gpu", "--idle-timeout=600", "--single"]
+
+
+def _renderer_requirement(root: Path, branchflow: str) -> str:
+    """What the comment jobs install: the branchflow the builds install, without extras (one
+    version for both); the lock's version when the project's own install brings it."""
+    if branchflow:
+        return renderer_requirement(branchflow) or ""  # settings checked that it is pinned
+    lock = root / "uv.lock"
+    packages = tomllib.loads(lock.read_text(encoding="utf-8")).get("package", [])
+    versions = [p.get("version") for p in packages if p.get("name") == "branchflow"]
+    return f"branchflow=={versions[0] if versions and versions[0] else __version__}"
 
 
 def _install_what(install: str, requirements: tuple[str, ...]) -> str:
