@@ -34,6 +34,7 @@ from tests.test_workflows import (
 README = ROOT / "README.md"
 ADOPT = "## Adopt branchflow in your project"
 AUDITOR = (("--persona", "auditor"),)  # zizmor's strictest persona
+PINNED = f'branchflow = "branchflow[report,azure]=={__version__}"'  # what init detects here
 
 
 @pytest.fixture(scope="module")
@@ -328,9 +329,9 @@ def test_init_refuses_what_is_not_a_dvc_project_and_broken_toml(tmp_path: Path) 
         ('install = "requirements"', 'install = "conda"', "install must be one of uv,"),
         ("lint = []", 'lint = "ruff check"', "ci.lint must be a list of non-empty strings"),
         ("lint = []", "lint = []\ntorch = 'yes'", "torch must be true or false"),
-        ("lint = []", "lint = []\nbranchflow = 'branchflow[report]'", "must pin one branchflow"),
-        ("lint = []", "lint = []\nbranchflow = 'branchflow>=0.1'", "must pin one branchflow"),
-        ("lint = []", "lint = []\nbranchflow = 'other==1'", "must pin one branchflow"),
+        (PINNED, "branchflow = 'branchflow[report]'", "must pin one branchflow"),
+        (PINNED, "branchflow = 'branchflow>=0.1'", "must pin one branchflow"),
+        (PINNED, "branchflow = 'other==1'", "must pin one branchflow"),
         ("lint = []", "lint = []\ntypo = 1", "unknown key 'typo'"),
         ("lint = []", "lint = []\nretrain = { statistics = 'stats' }", "statistics needs data"),
         ("lint = []", "lint = []\npipelines.x = { pull = ['/abs'] }", "a folder inside the"),

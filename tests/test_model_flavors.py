@@ -46,8 +46,10 @@ def repo(sklearn_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
 
 @pytest.mark.usefixtures("registry_env")
 def test_a_pickled_estimator_registers_and_serves_as_pickled(
-    repo: Path, client: mlflow.MlflowClient
+    repo: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without skops (MLflow's default serialisation, which branchflow does not install)."""
+    monkeypatch.setitem(sys.modules, "skops", None)  # `import skops` now fails, as uninstalled
     first = register(repo, on("sklearn/flavor"))
     again = register(repo, on("sklearn/flavor"))
     assert (first.created, again.created, again.version) == (True, False, first.version)

@@ -51,6 +51,8 @@ PINS = {
     "actions/download-artifact": ("3e5f45b2cfb9172054b4087a40e8e0b5a5461e7c", "v8.0.1"),
     "iterative/setup-cml": ("f12ea7685438c1fc438d50f77519b3860cf5fa98", "v2.0.1"),
     "azure/login": ("f5d393ae46f8fde4be8b75f32e3fc50e654ad0ca", "v3.0.1"),
+    # the mirror here stops at v1.8.14; this is the v1.14.2 commit that public workflows pin
+    "pypa/gh-action-pypi-publish": ("dc37677b2e1c63e2034f94d8a5b11f265b73ba33", "v1.14.2"),
 }
 USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)\s*(?:#\s*(?P<comment>.*))?$")
 SELF_REPOSITORY = "./.github/actions/"
@@ -141,6 +143,7 @@ def test_the_workflows_exist() -> None:
         "dev.yml",
         "retrain.yml",
         "promote.yml",
+        "release.yml",  # hand-written: the toolkit's own release
     }
     assert [path.parent.name for path in ACTIONS] == ["setup"]
 

@@ -372,7 +372,13 @@ def _package(root: Path, model: ModelSettings) -> dict[str, Any]:
         "pip_requirements": _requirements(root, model),
     }
     if model.flavor == "sklearn":
-        return {**common, "sk_model": _saved_model(root, model)}
+        # cloudpickle: the estimator is a pickle already; MLflow's default, skops, is a package
+        # the toolkit does not bring
+        return {
+            **common,
+            "sk_model": _saved_model(root, model),
+            "serialization_format": "cloudpickle",
+        }
     if model.flavor == "pytorch":
         # pickle: what torch.save wrote, for TorchScript too (pt2 needs torch.export to succeed)
         return {
