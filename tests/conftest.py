@@ -70,26 +70,80 @@ def init_repo(path: Path) -> Path:
     return path
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name`, filled by `build(folder)` once per test run: under pytest-xdist the
+    first worker that asks builds it while the others wait on a file lock, and all share it.
+    Treat what is inside as read-only: copy it (`copy_repo`) before changing it."""
+    from filelock import FileLock
+
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / "built-once" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def built_repo(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """`<name>/repo`, made once per test run by `make(path)` (see `built_once`)."""
+    return built_once(factory, name, lambda folder: make(folder / "repo")) / "repo"
+
+
 @pytest.fixture(scope="session")
 def project_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository holding this checkout's files, as a fresh clone would have them."""
-    dest = tmp_path_factory.mktemp("project") / "repo"
-    for name in project_files():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    return init_repo(dest)
+
+    def make(dest: Path) -> None:
+        for name in project_files():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target)
+        init_repo(dest)
+
+    return built_repo(tmp_path_factory, "project", make)
 
 
 @pytest.fixture(scope="session")
 def reproduced_repo(project_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone of `project_repo` after `dvc pull data.dvc` and `dvc repro`. Do not modify it:
     copy it with `copy_repo` first."""
-    dest = tmp_path_factory.mktemp("reproduced") / "repo"
-    sh("git", "clone", "-q", project_repo, dest, cwd=project_repo.parent)
-    sh("dvc", "pull", "-q", "data.dvc", cwd=dest)
-    sh("dvc", "repro", "-q", cwd=dest)
-    return dest
+
+    def make(dest: Path) -> None:
+        sh("git", "clone", "-q", project_repo, dest, cwd=project_repo.parent)
+        sh("dvc", "pull", "-q", "data.dvc", cwd=dest)
+        sh("dvc", "repro", "-q", cwd=dest)
+
+    return built_repo(tmp_path_factory, "reproduced", make)
+
+
+@pytest.fixture(scope="session")
+def metrics_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reproduced metrics project of `tests/metrics_project.py`; copy it to change it."""
+    from tests.metrics_project import make_metrics_repo  # it imports this module
+
+    return built_repo(tmp_path_factory, "metrics", make_metrics_repo)
+
+
+@pytest.fixture(scope="session")
+def sklearn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reproduced scikit-learn project of `tests/sklearn_project.py`; copy it to change it."""
+    from tests.sklearn_project import make_sklearn_repo  # it imports this module
+
+    return built_repo(tmp_path_factory, "sklearn", make_sklearn_repo)
+
+
+@pytest.fixture(scope="session")
+def shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shapes project of `tests/shapes_project.py` on `main`, before `init`; copy it."""
+    from tests.shapes_project import make_shapes_repo  # it imports this module
+
+    return built_repo(tmp_path_factory, "shapes", make_shapes_repo)
 
 
 @pytest.fixture
@@ -177,9 +231,11 @@ class MlflowServer:
 SERVER = pytest.StashKey[MlflowServer]()
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the server once the selected tests are known to need it: it boots (about 10 s of
-    imports and migrations) on the other core while the tests before them run."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Before the first test runs (never on `--collect-only`), start the server if a selected
+    test needs it: it boots (about 10 s of imports and migrations) while the tests before them
+    run. Each xdist worker has its own."""
     if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in session.items):
         home = Path(tempfile.mkdtemp(prefix="branchflow-mlflow-"))
         session.config.stash[SERVER] = MlflowServer.start(home)
@@ -217,7 +273,7 @@ def pyfunc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     not modify it: copy it with `copy_repo` first."""
     from tests.pyfunc_project import make_pyfunc_repo  # it imports this module
 
-    return make_pyfunc_repo(tmp_path_factory.mktemp("pyfunc") / "repo")
+    return built_repo(tmp_path_factory, "pyfunc", make_pyfunc_repo)
 
 
 # The registry tests' environment: the tiny project on the session's server, without CI variables.

@@ -25,7 +25,7 @@ from branchflow.context import names_for, resolve_context
 from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
 from branchflow.pipelines import data_sources, find_pipeline
-from tests.conftest import hide_ci_variables, init_repo, sh
+from tests.conftest import built_repo, hide_ci_variables, init_repo, sh
 
 OUT = "pipelines/azureml"
 STAGES = ["validate", "frames", "features", "train", "evaluate"]
@@ -42,11 +42,13 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def compiled(project_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project after `branchflow azureml compile`. Copy it before changing it."""
-    repo = tmp_path_factory.mktemp("compiled") / "repo"
-    shutil.copytree(project_repo, repo, symlinks=True)
-    result = run_cli(repo, "azureml", "compile")
-    assert result.exit_code == 0, result.output
-    return repo
+
+    def make(repo: Path) -> None:
+        shutil.copytree(project_repo, repo, symlinks=True)
+        result = run_cli(repo, "azureml", "compile")
+        assert result.exit_code == 0, result.output
+
+    return built_repo(tmp_path_factory, "compiled", make)
 
 
 def run_cli(repo: Path, *args: str, **env: str):

@@ -17,7 +17,7 @@ from branchflow.cli import main
 from branchflow.compare import compare, open_dvc, resolve_base
 from branchflow.registry import register
 from branchflow.report import write_report
-from tests.conftest import hide_ci_variables, sh
+from tests.conftest import built_repo, hide_ci_variables, sh
 from tests.pyfunc_project import METRICS, make_pyfunc_repo
 
 # Points (0.1, 0), (0.4, 0), (0.7, 1), (0.9, 1): main's threshold 0.5 classifies all four.
@@ -35,22 +35,25 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`main` of the pyfunc project with its metrics file DVC-cached and the gate above,
     registered (accuracy 1.0) into the project's own `mlflow.db`; its run id in `run_id.txt`
     beside it."""
-    repo = make_pyfunc_repo(tmp_path_factory.mktemp("registered") / "repo")
-    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
-    pipeline["stages"]["evaluate"]["metrics"] = [METRICS]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    with (repo / "pyproject.toml").open("a") as handle:
-        handle.write(GATE)
-    sh("git", "rm", "-q", "--cached", METRICS, cwd=repo)
-    sh("dvc", "repro", "-q", "-f", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-q", "-m", "main: cached metrics, a base rule", cwd=repo)
-    with pytest.MonkeyPatch.context() as patch:
-        hide_ci_variables(patch, "MLFLOW_TRACKING_URI")
-        registration = register(repo, os.environ)
-    assert registration.created
-    (repo.parent / "run_id.txt").write_text(str(registration.run_id))
-    return repo
+
+    def make(repo: Path) -> None:
+        make_pyfunc_repo(repo)
+        pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+        pipeline["stages"]["evaluate"]["metrics"] = [METRICS]
+        (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        with (repo / "pyproject.toml").open("a") as handle:
+            handle.write(GATE)
+        sh("git", "rm", "-q", "--cached", METRICS, cwd=repo)
+        sh("dvc", "repro", "-q", "-f", cwd=repo)
+        sh("git", "add", "-A", cwd=repo)
+        sh("git", "commit", "-q", "-m", "main: cached metrics, a base rule", cwd=repo)
+        with pytest.MonkeyPatch.context() as patch:
+            hide_ci_variables(patch, "MLFLOW_TRACKING_URI")
+            registration = register(repo, os.environ)
+        assert registration.created
+        (repo.parent / "run_id.txt").write_text(str(registration.run_id))
+
+    return built_repo(tmp_path_factory, "registered", make)
 
 
 def branch(registered: Path, to: Path, threshold: float) -> Path:

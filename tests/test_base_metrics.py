@@ -18,7 +18,7 @@ from branchflow.errors import BranchflowError
 from branchflow.gate import run_gate
 from branchflow.report import write_report
 from branchflow.tracking import read_snapshot
-from tests.conftest import hide_ci_variables, sh
+from tests.conftest import built_repo, hide_ci_variables, sh
 from tests.metrics_project import make_pipelines_repo, set_params
 
 pytestmark = pytest.mark.e2e
@@ -77,12 +77,14 @@ def test_a_renamed_metrics_file_keeps_the_names_register_logs(tmp_path: Path) ->
 def cached(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`main` with a DVC-cached `eval/metrics.json` (f1 0.9) pushed to a local remote; a branch
     that lowers f1 to 0.88, reproduced."""
-    root = tmp_path_factory.mktemp("cached")
-    repo = make_pipelines_repo(root / "repo", {".": {"f1": 0.9}}, GATE)
-    sh("dvc", "push", "-q", "-r", "store", cwd=use_remote(repo))
-    sh("git", "checkout", "-q", "-b", "feature", cwd=repo)
-    set_params(repo, ".", f1=0.88)
-    return repo
+
+    def make(repo: Path) -> None:
+        make_pipelines_repo(repo, {".": {"f1": 0.9}}, GATE)
+        sh("dvc", "push", "-q", "-r", "store", cwd=use_remote(repo))
+        sh("git", "checkout", "-q", "-b", "feature", cwd=repo)
+        set_params(repo, ".", f1=0.88)
+
+    return built_repo(tmp_path_factory, "cached", make)
 
 
 def use_remote(repo: Path) -> Path:

@@ -19,7 +19,7 @@ from cmarkgfm.cmark import Options
 
 from branchflow import render
 from branchflow.report import write_report
-from tests.conftest import ROOT
+from tests.conftest import ROOT, built_once
 from tests.metrics_project import branch_with, make_metrics_repo
 from tests.test_report import TreeBuilder
 from tests.test_workflows import github_env, run_job
@@ -56,17 +56,19 @@ def no_github_output(monkeypatch: pytest.MonkeyPatch) -> None:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A PR's real report (`branchflow report` on a tiny DVC project, gate passed) and, in
     `artifact/`, what pr.yml uploads: report.json, report_files/, gate-exit.txt."""
-    home = tmp_path_factory.mktemp("built")
-    repo = make_metrics_repo(home / "repo")
-    branch_with(repo, "feature/curve", f1=0.955)
-    verdict = write_report(repo, repo / "report.md", "main", env=pr_env(home / "runner"))
-    assert verdict.passed
-    artifact = home / "artifact"
-    artifact.mkdir()
-    shutil.copy2(repo / "report.json", artifact)
-    shutil.copytree(repo / "report_files", artifact / "report_files")
-    (artifact / "gate-exit.txt").write_text("0\n")
-    return home
+
+    def make(home: Path) -> None:
+        repo = make_metrics_repo(home / "repo")
+        branch_with(repo, "feature/curve", f1=0.955)
+        verdict = write_report(repo, repo / "report.md", "main", env=pr_env(home / "runner"))
+        assert verdict.passed
+        artifact = home / "artifact"
+        artifact.mkdir()
+        shutil.copy2(repo / "report.json", artifact)
+        shutil.copytree(repo / "report_files", artifact / "report_files")
+        (artifact / "gate-exit.txt").write_text("0\n")
+
+    return built_once(tmp_path_factory, "comment", make)
 
 
 @pytest.fixture

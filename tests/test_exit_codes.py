@@ -22,7 +22,7 @@ from branchflow.errors import (
     EXIT_VERDICT,
 )
 from tests.conftest import hide_ci_variables, init_repo, sh
-from tests.metrics_project import branch_with, make_metrics_repo
+from tests.metrics_project import branch_with
 
 
 def invoke(repo: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
@@ -51,11 +51,6 @@ def test_the_codes_are_distinct_and_listed_in_the_help() -> None:
 
 
 # --- gate: 1 is a failed gate, 3 a gate that could not run ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def metrics_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_metrics_repo(tmp_path_factory.mktemp("exit") / "repo")
 
 
 @pytest.mark.e2e

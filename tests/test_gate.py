@@ -16,7 +16,7 @@ from branchflow.config import GateSettings, load_settings
 from branchflow.errors import BranchflowError
 from branchflow.gate import evaluate
 from tests.conftest import hide_ci_variables, init_repo, sh
-from tests.metrics_project import branch_with, make_metrics_repo
+from tests.metrics_project import branch_with
 
 GATE = GateSettings(
     lower_is_better=("loss",),
@@ -26,11 +26,6 @@ GATE = GateSettings(
     max_drop_vs_champion={"f1": 0.02},
 )
 MAIN = Base("main", "0" * 40)
-
-
-@pytest.fixture(scope="module")
-def metrics_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_metrics_repo(tmp_path_factory.mktemp("gate") / "repo")
 
 
 @pytest.fixture

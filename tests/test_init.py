@@ -19,7 +19,6 @@ import yaml
 from branchflow import __version__
 from branchflow.ci.init import detect
 from tests.conftest import ROOT, hide_ci_variables, init_repo, sh
-from tests.shapes_project import make_shapes_repo
 from tests.sklearn_project import DATA, ROWS, make_sklearn_repo
 from tests.test_pipelines import github_glob
 from tests.test_workflows import (
@@ -47,10 +46,10 @@ def toolkit_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheel
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def shapes(shapes_repo: Path) -> Path:
     """The shapes project on `main`, before `init`. Copy it before changing it."""
-    return make_shapes_repo(tmp_path_factory.mktemp("shapes") / "repo")
+    return shapes_repo
 
 
 @pytest.fixture
@@ -210,9 +209,9 @@ def test_a_change_starts_only_the_builds_of_the_pipelines_it_can_change(
 
 @pytest.mark.parametrize("project", ["shapes", "sklearn"])
 def test_the_generated_workflows_pass_actionlint_and_zizmor(
-    project: str, shapes: Path, copy_repo, tmp_path: Path
+    project: str, shapes: Path, sklearn_repo: Path, copy_repo
 ) -> None:
-    repo = copy_repo(shapes) if project == "shapes" else make_sklearn_repo(tmp_path / "repo")
+    repo = copy_repo(shapes if project == "shapes" else sklearn_repo)
     sh("branchflow", "init", cwd=repo)
     github = repo / ".github"
     workflows = sorted((github / "workflows").glob("*.yml"))

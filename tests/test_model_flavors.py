@@ -17,7 +17,7 @@ from branchflow.config import load_settings
 from branchflow.errors import BranchflowError
 from branchflow.registry import register
 from tests.conftest import on
-from tests.sklearn_project import EXAMPLE, MODEL, PYPROJECT, make_sklearn_repo
+from tests.sklearn_project import EXAMPLE, MODEL, PYPROJECT
 
 TORCH_MODEL = "models/linear.pt"
 TORCH_TABLE = f"""\
@@ -31,12 +31,6 @@ pip_requirements = ["mlflow-skinny", "torch", "numpy"]
 inputs = [{{ type = "tensor", tensor-spec = {{ dtype = "float32", shape = [-1, 2] }} }}]
 outputs = [{{ type = "tensor", tensor-spec = {{ dtype = "float32", shape = [-1, 1] }} }}]
 """
-
-
-@pytest.fixture(scope="module")
-def sklearn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reproduced scikit-learn project; copy it with `copy_repo` before changing it."""
-    return make_sklearn_repo(tmp_path_factory.mktemp("sklearn") / "repo")
 
 
 @pytest.fixture

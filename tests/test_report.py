@@ -21,7 +21,7 @@ from branchflow.context import names_for, resolve_context
 from branchflow.gate import run_gate
 from branchflow.render import describe_change
 from branchflow.report import write_report
-from tests.conftest import hide_ci_variables, init_repo, sh
+from tests.conftest import built_repo, hide_ci_variables, init_repo, sh
 from tests.metrics_project import branch_with, make_metrics_repo
 
 pytestmark = pytest.mark.e2e
@@ -121,16 +121,18 @@ def check_images(page: Node, report: Path) -> list[Path]:
 def fewer_epochs(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real project: its reproduced state committed on `main`, then a branch that trains
     for 1 epoch instead of 12, reproduced (uncommitted, as in CI before the report)."""
-    repo = tmp_path_factory.mktemp("report") / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-q", "--allow-empty", "-m", "base: reproduced", cwd=repo)
-    sh("git", "checkout", "-q", "-b", "fewer-epochs", cwd=repo)
-    params = (repo / "params.yaml").read_text()
-    assert "  epochs: 12\n" in params
-    (repo / "params.yaml").write_text(params.replace("  epochs: 12\n", "  epochs: 1\n"))
-    sh("dvc", "repro", "-q", cwd=repo)
-    return repo
+
+    def make(repo: Path) -> None:
+        shutil.copytree(reproduced_repo, repo, symlinks=True)
+        sh("git", "add", "-A", cwd=repo)
+        sh("git", "commit", "-q", "--allow-empty", "-m", "base: reproduced", cwd=repo)
+        sh("git", "checkout", "-q", "-b", "fewer-epochs", cwd=repo)
+        params = (repo / "params.yaml").read_text()
+        assert "  epochs: 12\n" in params
+        (repo / "params.yaml").write_text(params.replace("  epochs: 12\n", "  epochs: 1\n"))
+        sh("dvc", "repro", "-q", cwd=repo)
+
+    return built_repo(tmp_path_factory, "fewer-epochs", make)
 
 
 def test_report_on_a_branch_that_changes_train_params(fewer_epochs: Path) -> None:
@@ -246,10 +248,10 @@ def test_first_run_without_base_metrics_or_champion(
     assert [f"note: {note}" for note in notes] == [r for r in reasons if r.startswith("note: ")]
 
 
-def test_champion_column_and_rule(tmp_path_factory: pytest.TempPathFactory, copy_repo) -> None:
+def test_champion_column_and_rule(metrics_repo: Path, copy_repo) -> None:
     import mlflow
 
-    repo = copy_repo(make_metrics_repo(tmp_path_factory.mktemp("champion") / "repo"))
+    repo = copy_repo(metrics_repo)
     production = names_for(resolve_context(repo, {}), load_settings(repo)).production_model
     store = f"sqlite:///{repo / 'mlflow.db'}"
     client = mlflow.MlflowClient(store, store)  # explicit registry: other tests set mlflow's

@@ -24,7 +24,15 @@ import yaml
 
 from badpixels.model import Detector
 from badpixels.video import read_video
-from tests.conftest import ROOT, answers, branch_names, free_port, hide_ci_variables, sh
+from tests.conftest import (
+    ROOT,
+    answers,
+    branch_names,
+    built_repo,
+    free_port,
+    hide_ci_variables,
+    sh,
+)
 from tests.test_pipeline import METRIC_TOLERANCE
 
 pytestmark = pytest.mark.e2e
@@ -38,23 +46,25 @@ SCORE = ["python", "-m", "badpixels.score", PIN, BATCH, str(MAPS)]
 
 
 @pytest.fixture(scope="module")
-def scored(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def scored(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh clone after `dvc repro` (the training pipeline only), its model registered and
     promoted into its local store, pinned, and scored. Do not modify it: copy it first."""
     assert not (reproduced_repo / MAPS).exists(), "`dvc repro` ran the scoring pipeline"
-    dest = tmp_path_factory.mktemp("scored") / "repo"
-    shutil.copytree(reproduced_repo, dest, symlinks=True)
-    with pytest.MonkeyPatch.context() as patch:
-        hide_ci_variables(patch)
-        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            patch.delenv(variable, raising=False)
-        sh("dvc", "pull", "-q", f"{BATCH}.dvc", cwd=dest)
-        model = branch_names(dest, "main").model
-        sh("branchflow", "register", cwd=dest)
-        sh("branchflow", "promote", f"models:/{model}@candidate", cwd=dest)
-        sh("branchflow", "pin", "--out", PIN, cwd=dest)
-        sh("dvc", "repro", "-q", SCORING, cwd=dest)
-        yield dest
+
+    def make(dest: Path) -> None:
+        shutil.copytree(reproduced_repo, dest, symlinks=True)
+        with pytest.MonkeyPatch.context() as patch:
+            hide_ci_variables(patch)
+            for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+                patch.delenv(variable, raising=False)
+            sh("dvc", "pull", "-q", f"{BATCH}.dvc", cwd=dest)
+            model = branch_names(dest, "main").model
+            sh("branchflow", "register", cwd=dest)
+            sh("branchflow", "promote", f"models:/{model}@candidate", cwd=dest)
+            sh("branchflow", "pin", "--out", PIN, cwd=dest)
+            sh("dvc", "repro", "-q", SCORING, cwd=dest)
+
+    return built_repo(tmp_path_factory, "scored", make)
 
 
 @pytest.fixture
