@@ -30,7 +30,7 @@ def main() -> None:
     import dvc.repo  # noqa: F401
     import vl_convert  # noqa: F401
 
-    from branchflow.report import write_report
+    from branchflow.report.document import write_report
 
     imports = time.perf_counter() - started
 
@@ -50,7 +50,7 @@ def main() -> None:
         cold = time.perf_counter() - started
 
     print(f"project: {root} vs {args.base}; {images} PNGs, {out.name} written")
-    print(f"imports (dvc, vl_convert, branchflow.report): {imports:.2f} s")
+    print(f"imports (dvc, vl_convert, branchflow.report.document): {imports:.2f} s")
     runs = ", ".join(f"{seconds:.2f}" for seconds in warm)
     print(f"write_report, imports done: median {statistics.median(warm):.2f} s ({runs})")
     print(f"`branchflow report` end to end (new process): {cold:.2f} s")

@@ -21,7 +21,7 @@ import pytest
 if TYPE_CHECKING:
     import mlflow
 
-    from branchflow.context import Names
+    from branchflow.workspace.naming import Names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +307,8 @@ def on(branch: str, **extra: str) -> dict[str, str]:
 
 def branch_names(repo: Path, branch: str) -> Names:
     """The names branchflow derives for `branch` of the project at `repo`."""
-    from branchflow.config import load_settings
-    from branchflow.context import names_for, resolve_context
+    from branchflow.settings import load_settings
+    from branchflow.workspace.context import resolve_context
+    from branchflow.workspace.naming import names_for
 
     return names_for(resolve_context(repo, on(branch)), load_settings(repo))

@@ -20,11 +20,12 @@ from click.testing import CliRunner
 
 from branchflow.azureml.validate import check_pipeline, validate
 from branchflow.cli import main
-from branchflow.config import load_settings
-from branchflow.context import names_for, resolve_context
-from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
-from branchflow.pipelines import data_sources, find_pipeline
+from branchflow.settings import load_settings
+from branchflow.workspace.context import resolve_context
+from branchflow.workspace.dag import read_dag
+from branchflow.workspace.naming import names_for
+from branchflow.workspace.pipelines import data_sources, find_pipeline
 from tests.conftest import built_repo, hide_ci_variables, init_repo, sh
 
 OUT = "pipelines/azureml"

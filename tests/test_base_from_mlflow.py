@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.compare import compare, open_dvc, resolve_base
-from branchflow.registry import register
-from branchflow.report import write_report
+from branchflow.registry.register import register
+from branchflow.report.compare import compare, open_dvc, resolve_base
+from branchflow.report.document import write_report
 from tests.conftest import built_repo, hide_ci_variables, sh
 from tests.pyfunc_project import METRICS, make_pyfunc_repo
 

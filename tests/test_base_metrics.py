@@ -13,11 +13,12 @@ import yaml
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.compare import compare, open_dvc, qualified_names, resolve_base
 from branchflow.errors import BranchflowError
-from branchflow.gate import run_gate
-from branchflow.report import write_report
+from branchflow.report.compare import compare, open_dvc, resolve_base
+from branchflow.report.document import write_report
+from branchflow.report.gate import run_gate
 from branchflow.tracking import read_snapshot
+from branchflow.workspace.naming import qualified_names
 from tests.conftest import built_repo, hide_ci_variables, sh
 from tests.metrics_project import make_pipelines_repo, set_params
 

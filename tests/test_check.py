@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from branchflow.cli import main
 from branchflow.errors import BranchflowError
-from branchflow.imports import undeclared_imports
+from branchflow.workspace.imports import undeclared_imports
 from tests.conftest import init_repo, sh
 
 # `python -m app.train` imports app/helpers.py directly; helpers.py imports the package

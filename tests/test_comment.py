@@ -1,4 +1,4 @@
-"""The privileged comment jobs post only what `branchflow.render` renders from a validated
+"""The privileged comment jobs post only what `branchflow.report.render` renders from a validated
 artifact: crafted artifacts on disk are refused with one line and no output, and a real one
 renders to markdown whose only links are the CI run and its own copies of the figures."""
 
@@ -18,7 +18,7 @@ import pytest
 from cmarkgfm.cmark import Options
 
 from branchflow import render
-from branchflow.report import write_report
+from branchflow.report.document import write_report
 from tests.conftest import ROOT, built_once
 from tests.metrics_project import branch_with, make_metrics_repo
 from tests.test_report import TreeBuilder
@@ -285,7 +285,13 @@ def test_the_real_report_renders_to_the_same_markdown_with_only_its_figures(
     and the toolkit's source only), the PR number to $GITHUB_OUTPUT."""
     out = tmp_path / "comment" / "report.md"
     output = tmp_path / "github-output"
-    command = [sys.executable, "-S", "-m", "branchflow.render", str(artifact / "report.json")]
+    command = [
+        sys.executable,
+        "-S",
+        "-m",
+        "branchflow.report.render",
+        str(artifact / "report.json"),
+    ]
     command += ["--out", str(out), "--conclusion", "success", "--run-url", RUN_URL]
     env = {"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(output)}
     env["PYTHONPATH"] = str(ROOT / "packages" / "branchflow" / "src")

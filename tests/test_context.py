@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.config import DRIFT_KEYS, KNOWN_KEYS, TABLES, Settings, load_settings
-from branchflow.context import Context, names_for, resolve_context, slugify
 from branchflow.errors import BranchflowError
+from branchflow.settings import DRIFT_KEYS, KNOWN_KEYS, TABLES, Settings, load_settings
+from branchflow.workspace.context import Context, resolve_context
+from branchflow.workspace.naming import names_for, slugify
 from tests.conftest import BRANCHES, EVIL, hide_ci_variables
 
 # The external rules quoted in branchflow/context.py.
@@ -512,7 +513,7 @@ def test_names_never_collide() -> None:
 
 def test_names_are_stable_across_processes() -> None:
     code = (
-        "import json, sys; from branchflow.context import slugify; "
+        "import json, sys; from branchflow.workspace.context import slugify; "
         "print(json.dumps([slugify(b) for b in json.loads(sys.argv[1])]))"
     )
     out = subprocess.run(
@@ -725,8 +726,6 @@ def test_real_subprocess_with_a_branch_that_is_not_utf8(repo: Path) -> None:
 
 
 def test_help_does_not_import_the_toolkit() -> None:
-    code = (
-        "import sys; from branchflow.cli import main; "
-        "assert not {'branchflow.context', 'mlflow', 'dvc'} & set(sys.modules), sys.modules"
-    )
+    heavy = "{'branchflow.workspace.context', 'mlflow', 'dvc'}"
+    code = f"import sys; from branchflow.cli import main; assert not {heavy} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from badpixels import synth
-from branchflow.config import DriftSettings, load_settings
 from branchflow.drift import Limit, compare_stats, limit_for, read_stats
 from branchflow.errors import BranchflowError
+from branchflow.settings import DriftSettings, load_settings
 
 # name -> synth arguments; "same" differs from "reference" only in its seed
 DATASETS = {

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.compare import Base, Champion, Comparison, Metric, default_base
-from branchflow.config import GateSettings, load_settings
 from branchflow.errors import BranchflowError
-from branchflow.gate import evaluate
+from branchflow.report.compare import Base, Champion, Comparison, Metric, default_base
+from branchflow.report.gate import evaluate
+from branchflow.settings import GateSettings, load_settings
 from tests.conftest import hide_ci_variables, init_repo, sh
 from tests.metrics_project import branch_with
 

@@ -13,9 +13,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from branchflow.config import load_settings
 from branchflow.errors import BranchflowError
-from branchflow.registry import register
+from branchflow.registry.register import register
+from branchflow.settings import load_settings
 from tests.conftest import on
 from tests.sklearn_project import EXAMPLE, MODEL, PYPROJECT
 

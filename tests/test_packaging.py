@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from branchflow.lock import locked_requirements
+from branchflow.workspace.lock import locked_requirements
 from tests.conftest import ROOT, init_repo, sh
 
 # What only the example uses: the toolkit alone must pull none of it.

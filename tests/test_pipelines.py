@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from branchflow.config import load_settings
-from branchflow.dag import read_dag
 from branchflow.errors import BranchflowError
-from branchflow.pipelines import (
+from branchflow.settings import load_settings
+from branchflow.workspace.dag import read_dag
+from branchflow.workspace.pipelines import (
     find_pipeline,
     find_pipelines,
     pipeline_steps,
@@ -172,7 +172,7 @@ def test_pipelines_may_be_named_in_config(tmp_path: Path, table: str, message: s
 def test_each_pipeline_reports_only_its_own_plots(tmp_path: Path) -> None:
     """Top-level plots by id and by path, and a stage's plot output, rendered by DVC and
     vl-convert: the report of one pipeline draws none of the other's."""
-    from branchflow.plots import render_plots
+    from branchflow.report.plots import render_plots
 
     files = {
         "curve.csv": "x,y\n1,2\n2,3\n",

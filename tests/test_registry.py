@@ -19,9 +19,11 @@ import yaml
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.config import load_settings
 from branchflow.errors import BranchflowError
-from branchflow.registry import CANDIDATE, CHAMPION, history, promote, prune, register, rollback
+from branchflow.registry.champion import CHAMPION, history, promote, rollback
+from branchflow.registry.prune import prune
+from branchflow.registry.register import CANDIDATE, register
+from branchflow.settings import load_settings
 from branchflow.tracking import store_for
 from tests.conftest import EVIL, ROOT, branch_names, free_port, on, sh
 from tests.pyfunc_project import DATA, EXAMPLE, METRICS, MODEL, PLOT, other_bytes

@@ -13,7 +13,8 @@ import mlflow
 import pytest
 import requests
 
-from branchflow.registry import CANDIDATE, CHAMPION, LOCK_SUFFIX, register
+from branchflow.registry.champion import CHAMPION, LOCK_SUFFIX
+from branchflow.registry.register import CANDIDATE, register
 from tests.conftest import MlflowServer, branch_names, on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("registry_env")]

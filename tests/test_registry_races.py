@@ -28,8 +28,7 @@ import pytest
 
 from branchflow import registry
 from branchflow.errors import BranchflowError
-from branchflow.registry import (
-    CANDIDATE,
+from branchflow.registry.champion import (
     CHAMPION,
     KEY_TIME,
     LOCK_SUFFIX,
@@ -39,10 +38,10 @@ from branchflow.registry import (
     Move,
     history,
     promote,
-    prune,
-    register,
     rollback,
 )
+from branchflow.registry.prune import prune
+from branchflow.registry.register import CANDIDATE, register
 from branchflow.tracking import LEASE_TAG, OWNER_TAG, PROJECT_TAG
 from tests.conftest import MlflowServer, branch_names, on, sh
 from tests.pyfunc_project import NAME, other_bytes

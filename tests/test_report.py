@@ -15,12 +15,13 @@ from cmarkgfm.cmark import Options
 from dvc.utils.flatten import flatten
 
 from branchflow.cli import main
-from branchflow.compare import Base, data_versions
-from branchflow.config import load_settings
-from branchflow.context import names_for, resolve_context
-from branchflow.gate import run_gate
-from branchflow.render import describe_change
-from branchflow.report import write_report
+from branchflow.report.compare import Base, data_versions
+from branchflow.report.document import write_report
+from branchflow.report.gate import run_gate
+from branchflow.report.render import describe_change
+from branchflow.settings import load_settings
+from branchflow.workspace.context import resolve_context
+from branchflow.workspace.naming import names_for
 from tests.conftest import built_repo, hide_ci_variables, init_repo, sh
 from tests.metrics_project import branch_with, make_metrics_repo
 

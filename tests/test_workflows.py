@@ -19,9 +19,9 @@ import yaml
 from click.testing import CliRunner
 
 from branchflow.cli import main
-from branchflow.config import load_settings
-from branchflow.dag import read_dag
-from branchflow.pipelines import find_pipelines, watched_paths
+from branchflow.settings import load_settings
+from branchflow.workspace.dag import read_dag
+from branchflow.workspace.pipelines import find_pipelines, watched_paths
 from tests.conftest import ROOT, sh
 from tests.test_pipelines import github_glob
 

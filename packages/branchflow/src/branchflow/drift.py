@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TypeGuard, cast
 
-from branchflow.config import DRIFT_SECTION, DriftSettings, load_settings
-from branchflow.context import append_github_file
 from branchflow.errors import BranchflowError
+from branchflow.settings import DRIFT_SECTION, DriftSettings, load_settings
+from branchflow.workspace.context import append_github_file
 
 Leaf = float | str | bool | None
 
@@ -52,7 +53,8 @@ class Change:
     @property
     def delta(self) -> float:
         """current - reference, or relative to |reference| (inf from a zero reference)."""
-        reference, current = float(self.reference), float(self.current)
+        reference, current = self.reference, self.current
+        assert _is_number(reference) and _is_number(current), "delta of a non-numeric change"
         if self.limit.absolute:
             return current - reference
         if reference == 0:
@@ -179,12 +181,13 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def _flatten(value: object, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
     """Leaves of nested objects and lists as (`a.b.0`, leaf); empty ones hold none."""
+    items: Iterable[tuple[object, object]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list):
         items = ((str(index), item) for index, item in enumerate(value))
-    else:
-        yield prefix.removesuffix("."), value
+    else:  # what else JSON holds: a number, a string, true, false or null
+        yield prefix.removesuffix("."), cast(Leaf, value)
         return
     for key, item in items:
         yield from _flatten(item, f"{prefix}{key}.")
@@ -219,7 +222,7 @@ def _matches_any(pattern: str, names: set[str]) -> bool:
     return any(fnmatchcase(name, pattern) for name in names)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

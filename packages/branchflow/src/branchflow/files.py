@@ -1,12 +1,10 @@
-"""The text files branchflow generates: written atomically, and diffed for `--check`."""
+"""Atomic writes: every file branchflow writes is replaced whole or not at all."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -24,19 +22,3 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def diff_texts(root: Path, files: Mapping[str, str | None]) -> str:
-    """A unified diff from the files on disk under `root` to `files` (by path from `root`;
-    None: the file goes); empty when they agree."""
-    chunks: list[str] = []
-    for path in sorted(files):
-        target, new = root / path, files[path]
-        old = target.read_text(encoding="utf-8") if target.is_file() else None
-        chunks += difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            (new or "").splitlines(keepends=True),
-            fromfile=f"a/{path}" if old is not None else "/dev/null",
-            tofile=f"b/{path}" if new is not None else "/dev/null",
-        )
-    return "".join(chunks)

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from branchflow.context import Context
 from branchflow.errors import BranchflowError
+from branchflow.workspace.context import Context
+from branchflow.workspace.naming import qualified_names
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -175,6 +176,7 @@ def ensure_experiment(
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment = client.get_experiment_by_name(name)
+            assert experiment is not None  # the process that created it does not delete it
     if experiment.lifecycle_stage == "deleted":  # pruned earlier; the branch is back
         client.restore_experiment(experiment.experiment_id)
     if PROJECT_TAG not in experiment.tags:
@@ -263,7 +265,7 @@ def read_snapshot(
 ) -> Snapshot:
     """Params, metrics (of `metrics_files`, else every one) and plot files of the workspace at
     `root`, with its `data_hash` (the data version of the pipeline the snapshot is of: see
-    `branchflow.pipelines.scope`).
+    `branchflow.workspace.pipelines.scope`).
 
     Every path in `required` and every DVC metrics file must exist; a missing one names the
     stage that writes it.
@@ -294,10 +296,8 @@ def read_snapshot(
 
 def _merge(repo: Any, shown: Mapping[str, Any]) -> dict[str, Any]:
     """DVC's per-file params or metrics of the workspace, flattened into one mapping by
-    `compare.qualified_names` (`file:key` only for a key that several files have)."""
+    `naming.qualified_names` (`file:key` only for a key that several files have)."""
     from dvc.utils.flatten import flatten
-
-    from branchflow.compare import qualified_names
 
     values: dict[tuple[str, str], Any] = {}
     for file, entry in shown.get("", {}).get("data", {}).items():

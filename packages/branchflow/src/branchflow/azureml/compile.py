@@ -22,12 +22,12 @@ from typing import Any
 import yaml
 
 from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
-from branchflow.config import AzureMLSettings, AzureMLStage, Settings, load_settings
-from branchflow.dag import Dag, DataSource, Step, ident, read_dag
 from branchflow.errors import BranchflowError
-from branchflow.files import diff_texts, write_atomic
-from branchflow.lock import environment_requirements
-from branchflow.pipelines import Pipeline, find_pipelines, pipeline_steps
+from branchflow.generated import Plan
+from branchflow.settings import AzureMLSettings, AzureMLStage, Settings, load_settings
+from branchflow.workspace.dag import Dag, DataSource, Step, ident, read_dag
+from branchflow.workspace.lock import environment_requirements
+from branchflow.workspace.pipelines import Pipeline, find_pipelines, pipeline_steps
 
 ENVIRONMENT_FILE = "environment.yml"
 CONDA_FILE = "conda.yml"
@@ -45,6 +45,10 @@ class Compiled:
 
     dag: Dag
     files: dict[str, str]
+
+    def plan(self, root: Path, out: str) -> Plan:
+        """The files to write under `root`, and earlier ones this compile no longer writes."""
+        return Plan(self.files, _stale(root, out, self.files))
 
 
 def compile_project(root: Path, out: str, settings: Settings | None = None) -> Compiled:
@@ -82,26 +86,6 @@ def pipeline_file(name: str) -> str:
 def data_asset_name(source: DataSource, base_name: str) -> str:
     """The Azure ML data asset that holds a DVC data source: `<base>-<its path>`."""
     return f"{base_name}-{ident(source.path)}".replace("_", "-")
-
-
-def write_files(root: Path, out: str, files: dict[str, str]) -> list[str]:
-    """Write `files` (each atomically), delete stale components; return the paths that
-    changed."""
-    changed = []
-    for path in _stale(root, out, files):
-        (root / path).unlink()
-        changed.append(path)
-    for path, text in files.items():
-        target = root / path
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            write_atomic(target, text)
-            changed.append(path)
-    return sorted(changed)
-
-
-def diff_files(root: Path, out: str, files: dict[str, str]) -> str:
-    """A unified diff from the files on disk to `files`; empty when they agree."""
-    return diff_texts(root, {**dict.fromkeys(_stale(root, out, files)), **files})
 
 
 def _stale(root: Path, out: str, files: dict[str, str]) -> list[str]:

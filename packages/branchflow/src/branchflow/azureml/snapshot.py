@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from branchflow.azureml import wrapper
-from branchflow.context import git
-from branchflow.dag import Dag, ParamsFile, Step
 from branchflow.errors import BranchflowError
+from branchflow.workspace.dag import Dag, ParamsFile, Step
+from branchflow.workspace.git import git
 
 SNAPSHOTS = "snapshots"
 WRAPPER_FILE = "branchflow_wrapper.py"

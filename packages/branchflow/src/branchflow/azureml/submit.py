@@ -3,7 +3,7 @@
 The workspace comes from `AZURE_SUBSCRIPTION_ID`, `AZURE_RESOURCE_GROUP` and
 `AZUREML_WORKSPACE`; credentials from `DefaultAzureCredential` (in GitHub Actions, OIDC via
 `azure/login`; locally, `az login`). The committed YAML never names a branch or commit: the
-experiment, display name and tags are applied here, from `branchflow.context`.
+experiment, display name and tags are applied here, from `branchflow.workspace.context`.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from branchflow.azureml.compile import (
     ENVIRONMENT_FILE,
     compile_project,
     data_asset_name,
-    diff_files,
     pipeline_file,
 )
 from branchflow.azureml.upload import upload_source
 from branchflow.azureml.validate import validate
-from branchflow.config import load_settings
-from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
-from branchflow.pipelines import data_hash, find_pipeline, pipeline_steps
+from branchflow.settings import load_settings
+from branchflow.workspace.context import resolve_context
+from branchflow.workspace.naming import names_for
+from branchflow.workspace.pipelines import data_hash, find_pipeline, pipeline_steps
 
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
 FAILED = frozenset({"Failed", "Canceled", "NotResponding"})
@@ -81,7 +81,7 @@ def prepare(
     """
     settings = load_settings(root)
     compiled = compile_project(root, out, settings)
-    if diff_files(root, out, compiled.files):
+    if compiled.plan(root, out).changes(root):
         raise BranchflowError(
             f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
         )
@@ -202,9 +202,11 @@ def _exists(get: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
 def _create_computes(client: Any, files: tuple[Path, ...], log: Callable[[str], None]) -> None:
     """Create each configured cluster that does not exist; an existing one is used as it is."""
     from azure.ai.ml import load_compute
+    from azure.ai.ml.entities import AmlCompute
 
     for path in files:
         compute = load_compute(source=path)
+        assert isinstance(compute, AmlCompute), f"{path}: compile writes AmlCompute clusters"
         if _exists(client.compute.get, compute.name):
             log(f"compute {compute.name} exists; used as it is")
             continue

@@ -22,8 +22,8 @@ import yaml
 
 from branchflow.azureml.compile import COMPONENTS, COMPUTES, DATA, ENVIRONMENT_FILE, pipeline_file
 from branchflow.azureml.snapshot import write_snapshots
-from branchflow.dag import Dag
 from branchflow.errors import BranchflowError
+from branchflow.workspace.dag import Dag
 
 BINDING = re.compile(
     r"\$\{\{\s*parent\.(?:inputs\.(\w+)|jobs\.(\w+)\.outputs\.(\w+)|outputs\.(\w+))\s*\}\}"

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from branchflow import __version__
 from branchflow.ci.workflows import generated_files, stale_files
-from branchflow.config import PYPROJECT, default_base_name, parse_settings
 from branchflow.errors import BranchflowError
-from branchflow.files import diff_texts, write_atomic
+from branchflow.generated import Plan
+from branchflow.settings import PYPROJECT, default_base_name, parse_settings
 
 GITIGNORE = ".gitignore"
 IGNORED = (  # what branchflow writes into a workspace: never committed
@@ -35,23 +34,6 @@ LINTERS = {  # a linter's config file -> the PR checks' commands
 }
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What `init` would write: every file's new text by path, and the files to delete."""
-
-    files: dict[str, str]
-    stale: list[str]
-
-    def changes(self, root: Path) -> list[str]:
-        """The paths whose text on disk differs from the plan."""
-        return sorted(
-            {*self.stale, *(p for p, text in self.files.items() if _read(root / p) != text)}
-        )
-
-    def diff(self, root: Path) -> str:
-        return diff_texts(root, {**dict.fromkeys(self.stale), **self.files})
-
-
 def plan(root: Path) -> Plan:
     """The files `init` writes in `root`, from its config (detected first if it has none)."""
     _require_dvc_project(root)
@@ -60,17 +42,6 @@ def plan(root: Path) -> Plan:
     workflows = generated_files(root, parse_settings(root / PYPROJECT, root, document))
     files.update(workflows)
     return Plan(files, stale_files(root, workflows))
-
-
-def apply(root: Path, planned: Plan) -> list[str]:
-    """Write the plan atomically file by file; return what changed."""
-    changed = planned.changes(root)
-    for path in planned.stale:
-        (root / path).unlink()
-    for path in changed:
-        if path in planned.files:
-            write_atomic(root / path, planned.files[path])
-    return changed
 
 
 def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:

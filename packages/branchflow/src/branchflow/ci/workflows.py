@@ -17,15 +17,15 @@ from typing import Any
 
 from branchflow import __version__
 from branchflow.azureml import DEFAULT_OUT
-from branchflow.config import (
+from branchflow.errors import BranchflowError
+from branchflow.settings import (
     GPU_CLOUD_SECRETS,
     GpuRunnerSettings,
     Settings,
     renderer_requirement,
 )
-from branchflow.dag import Dag, DataSource, read_dag
-from branchflow.errors import BranchflowError
-from branchflow.pipelines import (
+from branchflow.workspace.dag import Dag, DataSource, read_dag
+from branchflow.workspace.pipelines import (
     DVCFILE,
     Pipeline,
     data_sources,

@@ -46,8 +46,8 @@ def check_imports(root: Path) -> list[StageImports]:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    from branchflow.config import load_settings
-    from branchflow.dag import stage_id
+    from branchflow.settings import load_settings
+    from branchflow.workspace.dag import stage_id
 
     try:
         with Repo(str(root)) as repo:

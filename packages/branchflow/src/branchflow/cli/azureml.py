@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from branchflow.azureml import DEFAULT_OUT
+from branchflow.cli.generated import check_generated, write_generated
 from branchflow.errors import EXIT_TOOL, EXIT_VERDICT, BranchflowError
 
 OUT_HELP = "Folder of the generated YAML, relative to the repository root."
@@ -31,29 +32,20 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     """Write a component per DVC stage, the pipeline job, its environment, data assets and
     computes, then build each stage's code snapshot and validate it all offline with the
     Azure ML SDK."""
-    from branchflow.azureml.compile import compile_project, diff_files, write_files
+    from branchflow.azureml.compile import compile_project
     from branchflow.azureml.validate import validate
 
     root = Path.cwd()
     _check_out(out)
     compiled = compile_project(root, out)
+    planned = compiled.plan(root, out)
     if check:
-        diff = diff_files(root, out, compiled.files)
-        if diff:
-            click.echo(diff, nl=False)
-            click.echo(  # a verdict on the change, like `gate`'s: not a tool error
-                f"error: {out} is out of date with dvc.yaml; run `branchflow azureml compile` "
-                "and commit",
-                err=True,
-            )
-            ctx.exit(EXIT_VERDICT)
+        check_generated(ctx, planned, f"{out} is out of date with dvc.yaml", "azureml compile")
         validate(root, out, compiled.dag)
         click.echo(f"{out} is up to date and valid")
         return
-    changed = write_files(root, out, compiled.files)
+    write_generated(planned)
     validate(root, out, compiled.dag)
-    for path in changed:
-        click.echo(f"wrote {path}")
     click.echo(f"{out}: {len(compiled.dag.steps)} stages, valid")
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from branchflow.compare import WORKSPACE
 from branchflow.errors import BranchflowError
+from branchflow.report.compare import WORKSPACE
 
 PNG_SCALE = 2
 
@@ -49,8 +49,8 @@ def render_plots(
     try:
         import vl_convert
     except ImportError:
-        vl_convert = None
-    unrendered = []
+        vl_convert = None  # type: ignore[assignment]
+    unrendered: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         result = _dvc_plots_json(root, base_commit, Path(scratch))

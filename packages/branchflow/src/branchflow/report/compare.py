@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from branchflow.context import data_version, git
 from branchflow.errors import BranchflowError
+from branchflow.workspace.context import data_version
+from branchflow.workspace.git import git
+from branchflow.workspace.naming import qualified_names
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -256,7 +257,7 @@ def find_base_run(root: Path, store: Store, commit: str) -> Run | None:
     workspace, in an experiment of this project (tagged with its base name); None if none."""
     from mlflow.entities import ViewType
 
-    from branchflow.config import load_settings
+    from branchflow.settings import load_settings
     from branchflow.tracking import (
         COMMIT_TAG,
         DIRTY_TAG,
@@ -365,7 +366,7 @@ def data_versions(
     root: Path, base: Base | None, dvcfiles: Collection[str]
 ) -> tuple[str | None, str | None]:
     """The data version (`context.data_version`) of the `.dvc` files `dvcfiles` (a pipeline's
-    data sources: `branchflow.pipelines.data_sources`) in the workspace and at the base."""
+    data sources: `workspace.pipelines.data_sources`) in the workspace and at the base."""
     current = data_version(_data_sources(root, None, dvcfiles))
     return current, data_version(_data_sources(root, base.commit, dvcfiles)) if base else None
 
@@ -407,7 +408,7 @@ def _pipeline(
     `commit`, by DVC's address (`name` at the root, `folder/dvc.yaml:name` below it), with
     repository-relative paths."""
     wanted = _lock if lockfiles is None else (lambda file: _lock(file) and file in lockfiles)
-    stages = {}
+    stages: dict[str, dict[str, Any]] = {}
     for file, lock in sorted(_documents(root, commit, wanted).items()):
         folder = posixpath.dirname(file)
         prefix = f"{posixpath.join(folder, PIPELINE_FILE)}:" if folder else ""
@@ -440,7 +441,7 @@ def find_champion(
     configured but unreachable is an error. Metrics come from the version's run, and its
     `metric.<name>` tags (written by `branchflow register`) fill in what the run lacks.
     """
-    from branchflow.registry import CHAMPION, current_champion
+    from branchflow.registry.champion import CHAMPION, current_champion
     from branchflow.tracking import LOCAL_DB, connect, mlflow_errors
 
     store = configured_store(root, env)
@@ -539,15 +540,6 @@ def _row_names(
     return names | {
         key: name for key, name in qualified_names([*names, *gone]).items() if key in gone
     }
-
-
-def qualified_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """The name of each (file, key) of metrics or params: the key alone where no other file has
-    it, `file:key` where several do. The one naming rule: `branchflow register` logs these names
-    to MLflow, and the gate and report use them."""
-    keys = list(keys)
-    files = Counter(name for _, name in set(keys))
-    return {(path, name): f"{path}:{name}" if files[name] > 1 else name for path, name in keys}
 
 
 def _numbers(values: Mapping[str, object]) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """`branchflow report`: the pull-request report a reviewer decides from.
 
-It writes the report's data as a document, `report.json` (the schema is in `branchflow.render`:
+It writes the report's data as a document, `report.json` (the schema is in `render`:
 the gate's verdict, where the run comes from, metrics against the base and the champion, changed
 params, the judged pipeline's plots as PNG files in `report_files/`, and which stages reran and
-why), then renders `report.md` from that document with `branchflow.render`, the one renderer the
+why), then renders `report.md` from that document with `render`, the one renderer the
 trusted comment jobs also use. Images use relative paths, as `cml comment update` expects.
 """
 
@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from branchflow.compare import (
+from branchflow.errors import BranchflowError
+from branchflow.files import write_atomic
+from branchflow.report.compare import (
     WORKSPACE,
     Base,
     Comparison,
@@ -29,15 +31,14 @@ from branchflow.compare import (
     resolve_base,
     stage_changes,
 )
-from branchflow.config import GateSettings, load_settings
-from branchflow.context import Context, names_for, resolve_context
-from branchflow.dag import read_dag
-from branchflow.errors import BranchflowError
-from branchflow.files import write_atomic
-from branchflow.gate import Verdict, evaluate, key_metric
-from branchflow.pipelines import scope
-from branchflow.plots import Plot, render_plots
-from branchflow.render import SCHEMA, clean_name, clean_text, figures_dir, load, render
+from branchflow.report.gate import Verdict, evaluate, key_metric
+from branchflow.report.plots import Plot, render_plots
+from branchflow.report.render import SCHEMA, clean_name, clean_text, figures_dir, load, render
+from branchflow.settings import GateSettings, load_settings
+from branchflow.workspace.context import Context, resolve_context
+from branchflow.workspace.dag import read_dag
+from branchflow.workspace.naming import names_for
+from branchflow.workspace.pipelines import scope
 
 
 def write_report(

@@ -9,12 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from branchflow.compare import Comparison, Metric, compare, open_dvc, resolve_base
-from branchflow.config import GATE_SECTION, GateSettings, load_settings
-from branchflow.context import names_for, resolve_context
-from branchflow.dag import read_dag
-from branchflow.pipelines import scope
-from branchflow.render import EPSILON, fmt
+from branchflow.report.compare import Comparison, Metric, compare, open_dvc, resolve_base
+from branchflow.report.render import EPSILON, fmt
+from branchflow.settings import GATE_SECTION, GateSettings, load_settings
+from branchflow.workspace.context import resolve_context
+from branchflow.workspace.dag import read_dag
+from branchflow.workspace.naming import names_for
+from branchflow.workspace.pipelines import scope
 
 # Metrics are stored rounded, so a drop of exactly the tolerance may come out a hair above it.
 

@@ -4,7 +4,8 @@
 The privileged comment jobs run this module from a trusted checkout, with the standard library
 only (no project install), on a document a pull request's build wrote:
 
-    PYTHONPATH=packages/branchflow/src python3 -S -m branchflow.render ARTIFACT/report.json \\
+    PYTHONPATH=packages/branchflow/src python3 -S -m branchflow.report.render \\
+        ARTIFACT/report.json \\
         --out OUT/report.md [--conclusion success|failure --gate-exit ARTIFACT/gate-exit.txt]
 
 It refuses the whole artifact, writing nothing, unless the document matches the schema exactly
@@ -489,7 +490,8 @@ def _metrics_section(document: Mapping[str, Any]) -> str:
         headers += [_code(base["ref"]), "change"]
     if champion:
         headers += [f"champion v{champion['version']}", "vs champion"]
-    lead, rest = [], []
+    lead: list[list[str]] = []
+    rest: list[list[str]] = []
     for metric in document["metrics"]:  # gated first, in the gate's order
         changed = metric["change"] is None or abs(metric["change"]) > EPSILON
         shown = metric["gated"] or (found and changed)
@@ -637,8 +639,10 @@ def publish(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python3 -m branchflow.render`: check an artifact and render it; exit 1 if refused."""
-    parser = argparse.ArgumentParser(prog="python3 -m branchflow.render", description=__doc__)
+    """`python3 -m branchflow.report.render`: check an artifact and render it; exit 1 if refused."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m branchflow.report.render", description=__doc__
+    )
     parser.add_argument("document", type=Path, help="report.json of the artifact")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     parser.add_argument("--conclusion", help="the pull request run's conclusion")

@@ -71,7 +71,7 @@ def _uv() -> list[str]:
     if found:
         return [found]
     try:
-        from uv import find_uv_bin  # type: ignore[import-not-found]
+        from uv import find_uv_bin
 
         return [find_uv_bin()]
     except (ImportError, FileNotFoundError):

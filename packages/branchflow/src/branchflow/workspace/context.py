@@ -1,34 +1,12 @@
-r"""The build context (branch, commit, CI run) and every name derived from it.
-
-Names are derived here and nowhere else, so MLflow, DVC and Azure ML always agree on them.
-
-Naming rules the sanitiser satisfies:
-
-- Azure ML models: the REST API validates `^(?![\-_.])[a-zA-Z0-9\-_.]{1,255}(?<!\.)$`
-  (azure-ai-ml 1.35, `_restclient/model_dataplane/operations/_models_operations.py`).
-- Azure ML experiments: "Experiment name must be 1-256 characters, start with a letter or a
-  number, and can only contain letters, numbers, underscores, and dashes" (service error quoted
-  in github.com/microsoft/dstoolkit-mlops-v2/issues/179). Job/run ids: `^[a-zA-Z0-9][\w-]{0,255}$`
-  (`_restclient/runhistory/operations/_runs_operations.py`).
-- Azure ML components: "Must start with lowercase letter. Allowed characters are lowercase
-  letters, numbers, and underscore(_). Maximum length is 255 characters."
-  (learn.microsoft.com/azure/machine-learning/reference-yaml-component-command).
-- Azure resource names compare case-insensitively (learn.microsoft.com, resource-name-rules).
-- MLflow registered models: no `/`, `:` or `%`, and `posixpath.normpath(name) == name`
-  (mlflow 3.x `utils/validation.py::_validate_model_name`, `store/model_registry/file_store.py`);
-  names are stored in `String(256)` columns. MLflow experiment names: at most 500 characters.
-
-So names use lowercase `[a-z0-9_-]`, start with a letter or digit and stay within
-`MAX_NAME_LENGTH`; the pipeline name also follows the stricter component grammar.
-"""
+"""The build context: branch, commit, dirty state, run type, PR and CI run, from the CI
+system's documented variables (GitHub Actions, Azure Pipelines, GitLab CI) or git, and its
+output as JSON, shell `export` lines or GitHub's `$GITHUB_ENV`/`$GITHUB_OUTPUT` files."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import subprocess
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
@@ -37,12 +15,11 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
-from branchflow.config import Settings, load_settings
 from branchflow.errors import BranchflowError
+from branchflow.settings import Settings, load_settings
+from branchflow.workspace.git import git
+from branchflow.workspace.naming import Names, slugify
 
-# Well under the 255-character limits above, leaving room for suffixes added by later steps.
-MAX_NAME_LENGTH = 128
-HASH_LENGTH = 10
 SHORT_COMMIT_LENGTH = 7
 PR_EVENTS = frozenset({"pull_request", "pull_request_target"})
 UTF8_FIX = "branchflow needs UTF-8 text: rename the branch, or fix or unset the variable"
@@ -63,72 +40,6 @@ class Context:
     build_id: str | None
     run_url: str | None
     detached: bool
-
-
-@dataclass(frozen=True)
-class Names:
-    """Names for one branch and pipeline type, valid in both MLflow and Azure ML."""
-
-    experiment: str
-    pipeline: str
-    model: str
-    production_model: str
-    run_name: str
-
-
-@dataclass(frozen=True)
-class _Grammar:
-    """Allowed characters, the filler that replaces the others, and what may not lead."""
-
-    disallowed: re.Pattern[str]
-    fill: str
-    bad_start: re.Pattern[str]
-
-
-_ASSET = _Grammar(re.compile(r"[^a-z0-9_-]+"), "-", re.compile(r"^[^a-z0-9]+"))
-_COMPONENT = _Grammar(re.compile(r"[^a-z0-9_]+"), "_", re.compile(r"^[^a-z]+"))
-
-
-def slugify(raw: str, *, component: bool = False) -> str:
-    """Turn `raw` into a valid, stable name; a lossy conversion appends a hash of `raw`.
-
-    Runs of the filler collapse to one, so a doubled filler (`--`, or `__` for components)
-    never occurs in a lossless name; it marks the hash suffix. Lossless and hashed names
-    therefore never coincide, and two hashed names differ whenever their raw strings do.
-    """
-    grammar = _COMPONENT if component else _ASSET
-    body = grammar.disallowed.sub(grammar.fill, raw.lower())
-    body = re.sub(re.escape(grammar.fill) + "{2,}", grammar.fill, body)
-    body = grammar.bad_start.sub("", body).rstrip(grammar.fill)
-    if body == raw and len(body) <= MAX_NAME_LENGTH:
-        return body
-    digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_LENGTH]
-    marker = grammar.fill * 2
-    keep = MAX_NAME_LENGTH - len(marker) - HASH_LENGTH
-    # "n" stands in when nothing valid is left, e.g. for a branch named only in emoji.
-    return f"{body[:keep].rstrip(grammar.fill) or 'n'}{marker}{digest}"
-
-
-def names_for(context: Context, settings: Settings, pipeline_type: str = "training") -> Names:
-    """Derive every name for this context from `settings.name_pattern`.
-
-    The candidate model fills the pattern with the pipeline type `model`, so all pipeline
-    types of a branch share it; the pipeline name follows the Azure ML component grammar.
-    """
-
-    def fill(kind: str) -> str:
-        return settings.name_pattern.format(
-            pipeline_type=kind, base=settings.base_name, branch=context.branch
-        )
-
-    raw = fill(pipeline_type)
-    return Names(
-        experiment=slugify(raw),
-        pipeline=slugify(raw, component=True),
-        model=slugify(fill("model")),
-        production_model=slugify(settings.production_model),
-        run_name=slugify(f"{raw}_{context.build_id or context.short_commit}"),
-    )
 
 
 def resolve_context(
@@ -238,26 +149,6 @@ def data_version(sources: Iterable[tuple[str, str]]) -> str | None:
     if len(pairs) == 1:
         return pairs[0][1]
     return ", ".join(f"{path}:{md5}" for path, md5 in pairs) or None
-
-
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run git with an argument list (never a shell) in `root`."""
-    try:
-        result = subprocess.run(
-            ["git", *args],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="surrogateescape",
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise BranchflowError(f"cannot run git in {root}: {exc.strerror}; install git") from exc
-    if check and result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["no message"])[0]
-        raise BranchflowError(f"git {' '.join(args)} failed in {root}: {reason}")
-    return result
 
 
 def _read(env: Mapping[str, str], key: str) -> str:

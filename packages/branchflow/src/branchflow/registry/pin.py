@@ -16,12 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from branchflow.config import load_settings
-from branchflow.context import names_for, resolve_context
 from branchflow.errors import BranchflowError
 from branchflow.files import write_atomic
-from branchflow.registry import CHAMPION, MODEL_SHA_TAG, artifacts_sha256, current_champion
+from branchflow.registry.champion import CHAMPION, current_champion
+from branchflow.registry.package import artifacts_sha256
+from branchflow.registry.register import MODEL_SHA_TAG
+from branchflow.settings import load_settings
 from branchflow.tracking import connect, mlflow_errors, store_for
+from branchflow.workspace.context import resolve_context
+from branchflow.workspace.naming import names_for
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion

@@ -14,16 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from branchflow.config import (
+from branchflow.errors import BranchflowError
+from branchflow.settings import (
     PIPELINE_NAME,
     PIPELINES_SECTION,
     GateSettings,
     ModelSettings,
     Settings,
 )
-from branchflow.context import data_version, git
-from branchflow.dag import Dag, DataSource, Step
-from branchflow.errors import BranchflowError
+from branchflow.workspace.context import data_version
+from branchflow.workspace.dag import Dag, DataSource, Step
+from branchflow.workspace.git import git
 
 ROOT_PIPELINE = "training"
 DVCFILE = "dvc.yaml"
@@ -162,7 +163,8 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
     model = model_pipeline(settings, dag, found)
     if name is None and model is None:
         return Scope(None, settings.gate, True, dag.data, None)
-    pipeline = model if name is None else find_pipeline(root, settings, name)
+    pipeline = find_pipeline(root, settings, name) if name is not None else model
+    assert pipeline is not None  # a name finds its pipeline; without one, the model's exists
     own = own_steps(dag, pipeline)
     metrics = metrics_files(own)
     if not metrics:

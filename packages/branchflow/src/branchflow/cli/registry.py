@@ -1,0 +1,152 @@
+"""`branchflow register`, `promote`, `rollback`, `history`, `pin` and `prune`, and the lines
+they print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from branchflow.registry.champion import Move
+    from branchflow.registry.prune import PrunePlan
+    from branchflow.registry.register import Registration
+
+
+_FORMAT = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for machines.",
+)
+_REASON = click.option("--reason", default="", help="Why; recorded in the history.")
+
+
+@click.command("register")
+@_FORMAT
+def register_command(output_format: str) -> None:
+    """Log this branch's DVC state to MLflow and register its model under alias `candidate`."""
+    import dataclasses
+    import json
+
+    from branchflow.registry.register import register
+
+    registration = register(Path.cwd())
+    if output_format == "json":
+        click.echo(json.dumps(dataclasses.asdict(registration), indent=2))
+    else:
+        click.echo(describe(registration))
+
+
+@click.command("promote")
+@click.argument("model_uri")
+@_REASON
+def promote_command(model_uri: str, reason: str) -> None:
+    """Make MODEL_URI the production champion.
+
+    MODEL_URI is models:/<name>@<alias> or models:/<name>/<version>. The version is copied
+    into the production model and the alias `champion` moves to the copy.
+    """
+    from branchflow.registry.champion import promote
+
+    click.echo(describe(promote(Path.cwd(), model_uri, reason)))
+
+
+@click.command("rollback")
+@_REASON
+def rollback_command(reason: str) -> None:
+    """Move `champion` back to the version that held it before the latest promotion."""
+    from branchflow.registry.champion import rollback
+
+    click.echo(describe(rollback(Path.cwd(), reason)))
+
+
+@click.command("history")
+@_FORMAT
+def history_command(output_format: str) -> None:
+    """List every move of the production model's `champion` alias, oldest first."""
+    import dataclasses
+    import json
+
+    from branchflow.registry.champion import history
+
+    moves = history(Path.cwd())
+    if output_format == "json":
+        click.echo(json.dumps([dataclasses.asdict(move) for move in moves], indent=2))
+    else:
+        click.echo("\n".join(history_lines(moves)) or "no champion moves recorded")
+
+
+@click.command("pin")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("pipelines/scoring/model.json"),
+    show_default=True,
+    help="The pin file a pipeline depends on.",
+)
+def pin_command(out: Path) -> None:
+    """Pin the production champion (name, version, sha256) into OUT; it changes only when
+    the champion does."""
+    from branchflow.registry.pin import pin
+
+    found, changed = pin(Path.cwd(), out)
+    state = "pinned" if changed else "already pins"
+    click.echo(f"{out}: {state} models:/{found.name}/{found.version} (sha256 {found.sha256[:12]})")
+
+
+@click.command("prune")
+@click.option("--branch", required=True, help="The merged or deleted branch, as git names it.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def prune_command(branch: str, dry_run: bool) -> None:
+    """Remove a gone branch's model versions and experiments, keeping any still in use."""
+    from branchflow.registry.prune import prune
+
+    click.echo("\n".join(prune_lines(prune(Path.cwd(), branch, dry_run))))
+
+
+def describe(result: Registration | Move) -> str:
+    """One line for people about a registration or a champion move."""
+    from branchflow.registry.register import CANDIDATE, Registration
+
+    if isinstance(result, Registration):
+        if result.created:
+            return f"registered {result.model} version {result.version} (alias {CANDIDATE})"
+        return (
+            f"{result.model} version {result.version} already holds this model package "
+            f"(sha256 {result.package_sha256[:12]}); alias {CANDIDATE} points to it"
+        )
+    if result.from_version == result.to_version:
+        return f"{result.model}@{result.alias} is already version {result.to_version}; no change"
+    via = f"copy of {result.source}" if result.action == "promote" else "rollback"
+    return (
+        f"{result.model}@{result.alias}: version {result.from_version or 'none'} -> "
+        f"{result.to_version} ({via})"
+    )
+
+
+def history_lines(moves: list[Move]) -> list[str]:
+    """One line per move, oldest first."""
+    return [
+        f"{m.when}  {m.action:<8}  {m.from_version or '-':>4} -> {m.to_version:<4}  by {m.who}"
+        f"  at {m.commit[:7]}{f'  from {m.source}' if m.source else ''}"
+        f"{f'  reason: {m.reason}' if m.reason else ''}"
+        for m in moves
+    ]
+
+
+def prune_lines(plan: PrunePlan) -> list[str]:
+    """What was (or would be) removed and what was kept, one line each."""
+    verb = "would delete" if plan.dry_run else "deleted"
+    lines = [f"{verb} model version {plan.model}/{v}" for v in plan.versions]
+    lines += [f"{verb} experiment {name}" for name in plan.experiments]
+    lines += [
+        f"kept model version {plan.model}/{v} (aliased or promoted)" for v in plan.kept_versions
+    ]
+    lines += [
+        f"kept experiment {name} (holds a kept version's run)" for name in plan.kept_experiments
+    ]
+    return lines or [f"nothing to prune for branch {plan.branch!r}"]

@@ -1,0 +1,392 @@
+"""The production champion: promote, rollback and history.
+
+Aliases only (registry stages are deprecated in MLflow). The production model carries
+`champion` on a copy of the promoted version. Every champion move is stored in MLflow as a JSON
+tag `branchflow.move.<UTC time>.<id>` of the production model, which `history` reads back.
+
+Concurrency and crashes (MLflow offers no compare-and-set, so):
+
+- Moving `champion`: under a lock, the registered model `<production>.lock`, which only one
+  process can create (the server answers RESOURCE_ALREADY_EXISTS to the others, who wait up to
+  `LOCK_WAIT_S`). It carries its holder (`host:pid`), a lease and a token; a lock whose holder
+  is gone (lease passed, or a dead process of this host) is deleted by the one taker that
+  creates the guard `<lock>.<token>` (itself such a lock), so that no taker deletes a newer
+  lock; a holder checks it still holds the lock right before it writes. Under the lock
+  the champion and the last record must still be what the command saw when it started
+  (compare-and-set), and the alias must match the last record (else it was moved outside
+  branchflow); otherwise the command fails and moves nothing.
+- Journal: a move is recorded as pending, then the alias moved, then the record confirmed. A
+  pending record whose alias does not show its `to_version` never happened (its process died
+  first): `history` and `rollback` ignore it and the next move deletes it; one whose alias
+  does happened, and the next move confirms it. An alias that differs from the last confirmed
+  record was moved outside branchflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from branchflow.errors import BranchflowError
+from branchflow.registry.client import open_registry, registered_model, version_uri
+from branchflow.tracking import LEASE_TAG, OWNER_TAG, holder_gone, lease_tags, mlflow_errors
+from branchflow.workspace.context import Context
+from branchflow.workspace.naming import names_for
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+
+CHAMPION = "champion"
+MOVE_TAG_PREFIX = "branchflow.move."
+KEY_TIME = "%Y%m%dT%H%M%S.%fZ"  # a move record's key: `<MOVE_TAG_PREFIX><UTC time>.<id>`
+PENDING = "pending"  # in a move record until its alias has moved
+LOCK_SUFFIX = ".lock"  # `<production>.lock`: the registered model that locks champion moves
+LOCK_LEASE_S = 60  # a move takes seconds; a holder silent for longer counts as gone
+LOCK_WAIT_S = 15
+LOCK_POLL_S = 0.2
+TOKEN_TAG = "branchflow.token"  # on a lock: which taking of it this is
+MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
+
+
+@dataclass(frozen=True)
+class Move:
+    """One move of the champion alias; `from_version == to_version` means nothing moved."""
+
+    action: str  # "promote" or "rollback"
+    model: str
+    alias: str
+    from_version: str | None
+    to_version: str
+    source: str | None  # the promoted `models:/<name>/<version>`
+    who: str
+    when: str  # ISO 8601, UTC
+    commit: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _State:
+    """The champion alias, the recorded moves that happened (tag key, move), oldest first, and
+    the last record if it is still pending (it happened if the alias shows its `to_version`)."""
+
+    alias: str | None
+    moves: tuple[tuple[str, Move], ...]
+    pending: tuple[str, Move] | None
+
+    @property
+    def stamp(self) -> tuple[str | None, str | None]:
+        """What a compare-and-set compares: the alias and the last record."""
+        return self.alias, self.moves[-1][0] if self.moves else None
+
+
+def promote(
+    root: Path, model_uri: str, reason: str = "", env: Mapping[str, str] = os.environ
+) -> Move:
+    """Copy the version `model_uri` names into the production model (once) and make it champion.
+
+    `model_uri` is `models:/<name>@<alias>` or `models:/<name>/<version>`. A version of the
+    production model itself is made champion without a copy.
+    """
+    match = MODELS_URI.fullmatch(model_uri)
+    if match is None:
+        raise BranchflowError(
+            f"{model_uri!r} is not a model version URI; use models:/<name>@<alias> "
+            "or models:/<name>/<version>"
+        )
+    settings, context, store, client = open_registry(root, env)
+    production = names_for(context, settings).production_model
+    with mlflow_errors(store, _denied(production)):
+        source = _version(client, match["name"], match["alias"], match["version"], model_uri)
+        source_uri = f"models:/{source.name}/{source.version}"
+        with _moving(client, production) as (state, write):
+            champion = _champion_version(client, production, state)
+            if champion is not None and source_uri in (champion.source, version_uri(champion)):
+                return _move(
+                    "promote", production, champion, champion.version, source_uri, context, env
+                )
+            target = source if source.name == production else _copy(client, source_uri, production)
+            move = _move(
+                "promote", production, champion, target.version, source_uri, context, env, reason
+            )
+            write(move)
+    return move
+
+
+def _copy(client: MlflowClient, source_uri: str, production: str) -> ModelVersion:
+    """The version of `production` copied from `source_uri`: the one an earlier promote (or one
+    that crashed before moving the alias) made, else a new copy."""
+    for version in client.search_model_versions(f"name = '{production}'"):
+        if version.source == source_uri:
+            return version
+    return client.copy_model_version(source_uri, production)
+
+
+def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) -> Move:
+    """Move `champion` back to the version that held it before the latest promotion."""
+    settings, context, store, client = open_registry(root, env)
+    production = names_for(context, settings).production_model
+    with mlflow_errors(store, _denied(production)), _moving(client, production) as (state, write):
+        target = _rollback_target([move for _, move in state.moves])
+        if target is None:
+            raise BranchflowError(
+                f"{production} has no earlier champion to roll back to; see `branchflow history`"
+            )
+        champion = _champion_version(client, production, state)
+        client.get_model_version(production, target)  # fails clearly if it was deleted
+        move = _move("rollback", production, champion, target, None, context, env, reason)
+        write(move)
+    return move
+
+
+def history(root: Path, env: Mapping[str, str] = os.environ) -> list[Move]:
+    """Every champion move of the production model that happened, oldest first."""
+    settings, context, store, client = open_registry(root, env)
+    with mlflow_errors(store):
+        state = _state(client, names_for(context, settings).production_model)
+    return [move for _, move in state.moves]
+
+
+def _version(
+    client: MlflowClient, name: str, alias: str | None, version: str | None, uri: str
+) -> ModelVersion:
+    """The version a `models:/` URI names, or an error that says it does not exist."""
+    registered = registered_model(client, name)
+    number = registered.aliases.get(alias) if registered and alias else version
+    if registered is None or number is None:
+        raise BranchflowError(f"{uri} does not exist in the registry; check the name and alias")
+    return client.get_model_version(name, number)
+
+
+def current_champion(client: MlflowClient, production: str) -> ModelVersion | None:
+    registered = registered_model(client, production)
+    version = registered.aliases.get(CHAMPION) if registered else None
+    return client.get_model_version(production, version) if version else None
+
+
+def _champion_version(client: MlflowClient, production: str, state: _State) -> ModelVersion | None:
+    return client.get_model_version(production, state.alias) if state.alias else None
+
+
+def _move(
+    action: str,
+    production: str,
+    champion: ModelVersion | None,
+    to_version: str,
+    source: str | None,
+    context: Context,
+    env: Mapping[str, str],
+    reason: str = "",
+) -> Move:
+    try:
+        who = env.get("GITHUB_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no login name in this container
+        who = "unknown"
+    return Move(
+        action=action,
+        model=production,
+        alias=CHAMPION,
+        from_version=champion.version if champion else None,
+        to_version=to_version,
+        source=source,
+        who=who,
+        when=datetime.now(UTC).isoformat(timespec="microseconds"),
+        commit=context.commit,
+        reason=reason,
+    )
+
+
+def _denied(production: str) -> str:
+    return (
+        f"moving {production}@{CHAMPION} needs the production environment's credentials "
+        f"(permission to edit {production}); PR builds may only register and read"
+    )
+
+
+@contextmanager
+def _moving(
+    client: MlflowClient, production: str
+) -> Iterator[tuple[_State, Callable[[Move], None]]]:
+    """Lock `production` for one champion move; yield its state, checked unchanged since this
+    command began, and the function that records and makes a move."""
+    seen = _state(client, production)
+    with _lock(client, production) as confirm:
+        state = _checked(client, production, seen)
+
+        def write(move: Move) -> None:
+            confirm()
+            key = _key(move, state.stamp[1])
+            _record(client, key, move, pending=True)
+            client.set_registered_model_alias(production, CHAMPION, move.to_version)
+            _record(client, key, move)
+
+        yield state, write
+
+
+def _checked(client: MlflowClient, production: str, seen: _State) -> _State:
+    """The state under the lock, its pending record confirmed or deleted; an error when the
+    champion was moved outside branchflow or since `seen`."""
+    state = _state(client, production)
+    if state.pending and state.alias == state.pending[1].to_version:
+        _record(client, *state.pending)
+    elif state.pending:
+        client.delete_registered_model_tag(production, state.pending[0])
+    last = state.moves[-1][1] if state.moves else None
+    if last is not None and state.alias != last.to_version:
+        raise BranchflowError(
+            f"{production}@{CHAMPION} is {state.alias or 'unset'} but branchflow's last move "
+            f"set version {last.to_version}: it was moved outside branchflow; set it back to "
+            f"{last.to_version} (MLflow UI or set_registered_model_alias), then run again"
+        )
+    if state.stamp != seen.stamp:
+        raise BranchflowError(
+            f"{production}@{CHAMPION} moved (now version {state.alias}) while this command "
+            "started: another promote or rollback came first; see `branchflow history`, then "
+            "run again"
+        )
+    return state
+
+
+def _state(client: MlflowClient, production: str) -> _State:
+    registered = registered_model(client, production)
+    tags = registered.tags if registered else {}
+    alias = registered.aliases.get(CHAMPION) if registered else None
+    records = [
+        (key, json.loads(tags[key])) for key in sorted(tags) if key.startswith(MOVE_TAG_PREFIX)
+    ]
+    moves = tuple((key, Move(**{k: v for k, v in r.items() if k != PENDING})) for key, r in records)
+    pending = moves[-1] if records and records[-1][1].get(PENDING) else None
+    if pending and alias != pending[1].to_version:  # its process died before moving the alias
+        moves = moves[:-1]
+    return _State(alias, moves, pending)
+
+
+@contextmanager
+def _lock(client: MlflowClient, production: str) -> Iterator[Callable[[], None]]:
+    """Hold `<production>.lock`; yield a check that it is still held (not taken over)."""
+    name = f"{production}{LOCK_SUFFIX}"
+    tags = {**lease_tags(LOCK_LEASE_S), TOKEN_TAG: uuid.uuid4().hex[:12]}
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not _take(client, name, tags):
+        if time.monotonic() > deadline:
+            raise BranchflowError(_busy(client, name))
+        time.sleep(LOCK_POLL_S)
+
+    def confirm() -> None:
+        if not _holds(client, name, tags):
+            raise BranchflowError(
+                f"{name} was taken over (this command outlived its {LOCK_LEASE_S} s lease); "
+                "nothing was moved; run again"
+            )
+
+    try:
+        yield confirm
+    finally:
+        if _holds(client, name, tags):
+            client.delete_registered_model(name)
+
+
+def _take(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
+    """Create the lock `name`; False when another holds it (removed for the next try if its
+    holder is gone)."""
+    from mlflow.exceptions import MlflowException
+
+    description = "branchflow's lock for moving the champion; deleted when the move ends"
+    try:
+        client.create_registered_model(name, tags=dict(tags), description=description)
+        return True
+    except MlflowException as exc:
+        # The server answers RESOURCE_DOES_NOT_EXIST when the lock it found taken is deleted
+        # before it reads it back for its "already exists" error: held, then just released.
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            raise
+    held = registered_model(client, name)
+    if held is not None and holder_gone(held.tags):
+        _remove_stale(client, held, tags)
+    return False
+
+
+def _remove_stale(client: MlflowClient, lock: RegisteredModel, tags: Mapping[str, str]) -> None:
+    """Delete `lock`, whose holder is gone, while holding the lock `<lock>.<its token>`: of the
+    takers that saw this lock only one deletes it, and none deletes a later lock of its name."""
+    guard = f"{lock.name}.{lock.tags.get(TOKEN_TAG, 'untokened')}"
+    if not _take(client, guard, tags):
+        return
+    try:
+        current = registered_model(client, lock.name)
+        if current is not None and current.tags.get(TOKEN_TAG) == lock.tags.get(TOKEN_TAG):
+            _delete_stale(client, lock)
+    finally:
+        client.delete_registered_model(guard)
+
+
+def _delete_stale(client: MlflowClient, lock: RegisteredModel) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock.name)
+    except MlflowException as exc:
+        if exc.error_code == "PERMISSION_DENIED":
+            raise BranchflowError(
+                f"{lock.name} is a lock left by {lock.tags.get(OWNER_TAG, 'an unknown process')}, "
+                "which is gone, and these credentials may not delete it; delete it with its "
+                "creator's or an MLflow admin's credentials"
+            ) from None
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # its holder woke up and released it
+            raise
+
+
+def _holds(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
+    held = registered_model(client, name)
+    return held is not None and all(held.tags.get(key) == value for key, value in tags.items())
+
+
+def _busy(client: MlflowClient, name: str) -> str:
+    held = registered_model(client, name)
+    tags = held.tags if held else {}
+    until = datetime.fromtimestamp(float(tags.get(LEASE_TAG) or 0), UTC).isoformat(
+        timespec="seconds"
+    )
+    return (
+        f"{name} is held by {tags.get(OWNER_TAG, 'another process')} (lease until {until}): "
+        f"another promote or rollback is under way; run again when it has finished"
+    )
+
+
+def _key(move: Move, after: str | None) -> str:
+    """The record's tag key: its time, or just after the key `after` of the last record if that
+    sorts later (a host whose clock runs ahead made it), so records sort in the order made."""
+    when = datetime.fromisoformat(move.when)
+    if after is not None:
+        last = datetime.strptime(after.removeprefix(MOVE_TAG_PREFIX).rpartition(".")[0], KEY_TIME)
+        when = max(when, last.replace(tzinfo=UTC) + timedelta(microseconds=1))
+    return f"{MOVE_TAG_PREFIX}{when.strftime(KEY_TIME)}.{uuid.uuid4().hex[:8]}"
+
+
+def _record(client: MlflowClient, key: str, move: Move, pending: bool = False) -> None:
+    record = {**dataclasses.asdict(move), **({PENDING: True} if pending else {})}
+    client.set_registered_model_tag(move.model, key, json.dumps(record))
+
+
+def _rollback_target(moves: list[Move]) -> str | None:
+    """The champion before the latest promotion not yet undone: rollbacks undo like a stack."""
+    undone = 0
+    for move in reversed(moves):
+        if move.action == "rollback":
+            undone += 1
+        elif undone:
+            undone -= 1
+        else:
+            return move.from_version
+    return None

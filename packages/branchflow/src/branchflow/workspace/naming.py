@@ -1,0 +1,115 @@
+r"""Every name derived from the build context: experiments, models, runs, pipelines.
+
+Names are derived here and nowhere else, so MLflow, DVC and Azure ML always agree on them.
+
+Naming rules the sanitiser satisfies:
+
+- Azure ML models: the REST API validates `^(?![\-_.])[a-zA-Z0-9\-_.]{1,255}(?<!\.)$`
+  (azure-ai-ml 1.35, `_restclient/model_dataplane/operations/_models_operations.py`).
+- Azure ML experiments: "Experiment name must be 1-256 characters, start with a letter or a
+  number, and can only contain letters, numbers, underscores, and dashes" (service error quoted
+  in github.com/microsoft/dstoolkit-mlops-v2/issues/179). Job/run ids: `^[a-zA-Z0-9][\w-]{0,255}$`
+  (`_restclient/runhistory/operations/_runs_operations.py`).
+- Azure ML components: "Must start with lowercase letter. Allowed characters are lowercase
+  letters, numbers, and underscore(_). Maximum length is 255 characters."
+  (learn.microsoft.com/azure/machine-learning/reference-yaml-component-command).
+- Azure resource names compare case-insensitively (learn.microsoft.com, resource-name-rules).
+- MLflow registered models: no `/`, `:` or `%`, and `posixpath.normpath(name) == name`
+  (mlflow 3.x `utils/validation.py::_validate_model_name`, `store/model_registry/file_store.py`);
+  names are stored in `String(256)` columns. MLflow experiment names: at most 500 characters.
+
+So names use lowercase `[a-z0-9_-]`, start with a letter or digit and stay within
+`MAX_NAME_LENGTH`; the pipeline name also follows the stricter component grammar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from branchflow.settings import Settings
+    from branchflow.workspace.context import Context
+
+# Well under the 255-character limits above, leaving room for suffixes added by later steps.
+MAX_NAME_LENGTH = 128
+HASH_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names for one branch and pipeline type, valid in both MLflow and Azure ML."""
+
+    experiment: str
+    pipeline: str
+    model: str
+    production_model: str
+    run_name: str
+
+
+@dataclass(frozen=True)
+class _Grammar:
+    """Allowed characters, the filler that replaces the others, and what may not lead."""
+
+    disallowed: re.Pattern[str]
+    fill: str
+    bad_start: re.Pattern[str]
+
+
+_ASSET = _Grammar(re.compile(r"[^a-z0-9_-]+"), "-", re.compile(r"^[^a-z0-9]+"))
+_COMPONENT = _Grammar(re.compile(r"[^a-z0-9_]+"), "_", re.compile(r"^[^a-z]+"))
+
+
+def slugify(raw: str, *, component: bool = False) -> str:
+    """Turn `raw` into a valid, stable name; a lossy conversion appends a hash of `raw`.
+
+    Runs of the filler collapse to one, so a doubled filler (`--`, or `__` for components)
+    never occurs in a lossless name; it marks the hash suffix. Lossless and hashed names
+    therefore never coincide, and two hashed names differ whenever their raw strings do.
+    """
+    grammar = _COMPONENT if component else _ASSET
+    body = grammar.disallowed.sub(grammar.fill, raw.lower())
+    body = re.sub(re.escape(grammar.fill) + "{2,}", grammar.fill, body)
+    body = grammar.bad_start.sub("", body).rstrip(grammar.fill)
+    if body == raw and len(body) <= MAX_NAME_LENGTH:
+        return body
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_LENGTH]
+    marker = grammar.fill * 2
+    keep = MAX_NAME_LENGTH - len(marker) - HASH_LENGTH
+    # "n" stands in when nothing valid is left, e.g. for a branch named only in emoji.
+    return f"{body[:keep].rstrip(grammar.fill) or 'n'}{marker}{digest}"
+
+
+def names_for(context: Context, settings: Settings, pipeline_type: str = "training") -> Names:
+    """Derive every name for this context from `settings.name_pattern`.
+
+    The candidate model fills the pattern with the pipeline type `model`, so all pipeline
+    types of a branch share it; the pipeline name follows the Azure ML component grammar.
+    """
+
+    def fill(kind: str) -> str:
+        return settings.name_pattern.format(
+            pipeline_type=kind, base=settings.base_name, branch=context.branch
+        )
+
+    raw = fill(pipeline_type)
+    return Names(
+        experiment=slugify(raw),
+        pipeline=slugify(raw, component=True),
+        model=slugify(fill("model")),
+        production_model=slugify(settings.production_model),
+        run_name=slugify(f"{raw}_{context.build_id or context.short_commit}"),
+    )
+
+
+def qualified_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The name of each (file, key) of metrics or params: the key alone where no other file has
+    it, `file:key` where several do. The one naming rule: `branchflow register` logs these names
+    to MLflow, and the gate and report use them."""
+    keys = list(keys)
+    files = Counter(name for _, name in set(keys))
+    return {(path, name): f"{path}:{name}" if files[name] > 1 else name for path, name in keys}
