@@ -54,6 +54,27 @@ def sh(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.Completed
     )
 
 
+def branchflow(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`branchflow ARGS` in `cwd`, run in this process through click's CliRunner: the exit status
+    and output a process would give, without its seconds of imports. Each command's real
+    process is run by at least one e2e test (the README's lines, the generated workflows)."""
+    from click.testing import CliRunner
+
+    from branchflow.cli import main
+
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(previous)
+    done = subprocess.CompletedProcess(["branchflow", *args], result.exit_code)
+    done.stdout, done.stderr = result.stdout, result.stderr
+    if check:
+        done.check_returncode()
+    return done
+
+
 def project_files() -> list[str]:
     """The files git would ship from this checkout: tracked plus untracked-not-ignored."""
     listed = sh("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT)

@@ -17,7 +17,7 @@ import cmarkgfm
 import pytest
 from cmarkgfm.cmark import Options
 
-from branchflow import render
+from branchflow.report import render
 from branchflow.report.document import write_report
 from tests.conftest import ROOT, built_once
 from tests.metrics_project import branch_with, make_metrics_repo

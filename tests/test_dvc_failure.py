@@ -30,6 +30,7 @@ DVC_YAML = {
 }
 
 
+@pytest.mark.e2e
 def test_a_failed_stage_loses_its_outputs_until_checked_out(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -100,7 +100,7 @@ def test_a_base_ref_that_does_not_exist_exits_3(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["gate", "--no-such-option"], "No such option '--no-such-option'"),
+        (["gate", "--no-such-option"], "No such option"),  # click < 8.4 quotes it otherwise
         (["context", "--format", "xml"], "Invalid value for '--format'"),
         (["drift", "--current", "current.json"], "Missing option '--reference'"),
         (["no-such-command"], "No such command 'no-such-command'"),

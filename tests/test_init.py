@@ -18,7 +18,7 @@ import yaml
 
 from branchflow import __version__
 from branchflow.ci.init import detect
-from tests.conftest import ROOT, hide_ci_variables, init_repo, sh
+from tests.conftest import ROOT, branchflow, hide_ci_variables, init_repo, sh
 from tests.sklearn_project import DATA, ROWS, make_sklearn_repo
 from tests.test_pipelines import github_glob
 from tests.test_workflows import (
@@ -56,14 +56,14 @@ def shapes(shapes_repo: Path) -> Path:
 def initialised(shapes: Path, copy_repo: Callable[[Path], Path]) -> Path:
     """A copy of the shapes project after `branchflow init`, committed."""
     repo = copy_repo(shapes)
-    sh("branchflow", "init", cwd=repo)
+    branchflow("init", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-q", "-m", "CI from branchflow init", cwd=repo)
     return repo
 
 
 def init(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return sh("branchflow", "init", *args, cwd=repo, check=False)
+    return branchflow("init", *args, cwd=repo, check=False)
 
 
 def workflows(repo: Path) -> dict[str, dict]:
@@ -212,7 +212,7 @@ def test_the_generated_workflows_pass_actionlint_and_zizmor(
     project: str, shapes: Path, sklearn_repo: Path, copy_repo
 ) -> None:
     repo = copy_repo(shapes if project == "shapes" else sklearn_repo)
-    sh("branchflow", "init", cwd=repo)
+    branchflow("init", cwd=repo)
     github = repo / ".github"
     workflows = sorted((github / "workflows").glob("*.yml"))
     assert_lints_clean(github, workflows, personas=((), ("--persona", "auditor")))
@@ -370,7 +370,7 @@ def test_a_dvc_import_is_a_data_source_and_a_bare_project_installs_only_branchfl
     project = init_repo(write(tmp_path / "project/dvc.yaml", stage).parent)
     sh("dvc", "init", "-q", cwd=project)
     sh("dvc", "import", "-q", str(source), "data/raw.txt", "-o", "raw.txt", cwd=project)
-    sh("branchflow", "init", cwd=project)
+    branchflow("init", cwd=project)
     job = load(project / ".github/workflows/pr-training.yml")
     assert "raw.txt.dvc" in job["on"]["pull_request"]["paths"]
     assert {"name": "Pull the data", "run": "dvc pull raw.txt.dvc"} in job["jobs"]["pipeline"][
@@ -409,6 +409,7 @@ def imported_sklearn_repo(tmp_path: Path) -> tuple[Path, Path]:
     return project, source
 
 
+@pytest.mark.e2e
 def test_retrain_updates_imported_data_and_retrains_only_when_upstream_moved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

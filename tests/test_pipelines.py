@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,14 @@ from branchflow.workspace.pipelines import (
     scope,
     watched_paths,
 )
-from tests.conftest import init_repo, project_files, sh
+from tests.conftest import built_repo, init_repo, project_files, sh
 
 
-def make_two_pipelines(repo: Path, pyproject: str = "") -> Path:
+def make_two_pipelines(repo: Path) -> Path:
     """A training pipeline at the root and an independent scoring one in a subfolder; both use
     `common.py`, and scoring reads a second `.dvc` data source."""
     files = {
-        "pyproject.toml": f'[project]\nname = "two"\n{pyproject}',
+        "pyproject.toml": '[project]\nname = "two"\n',
         "common.py": "SCALE = 2\n",
         "train.py": "import common\n",
         "lib/helpers/util.py": "X = 1\n",
@@ -63,6 +64,17 @@ def make_two_pipelines(repo: Path, pyproject: str = "") -> Path:
     return init_repo(repo)
 
 
+@pytest.fixture(scope="session")
+def two_pipelines_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make_two_pipelines`, built once per test run; copy it to change it."""
+    return built_repo(tmp_path_factory, "two-pipelines", make_two_pipelines)
+
+
+@pytest.fixture
+def two_pipelines(two_pipelines_repo: Path, copy_repo: Callable[[Path], Path]) -> Path:
+    return copy_repo(two_pipelines_repo)
+
+
 def github_glob(pattern: str) -> re.Pattern[str]:
     """GitHub's `paths` filter syntax: `**` crosses folders, `*` does not."""
     parts = re.split(r"(\*\*/?|\*)", pattern)
@@ -83,8 +95,8 @@ def builds_for(root: Path, changed: str) -> set[str]:
     }
 
 
-def test_each_dvc_yaml_is_a_pipeline_named_by_its_folder(tmp_path: Path) -> None:
-    repo = make_two_pipelines(tmp_path / "repo")
+def test_each_dvc_yaml_is_a_pipeline_named_by_its_folder(two_pipelines: Path) -> None:
+    repo = two_pipelines
     found = find_pipelines(repo, load_settings(repo))
     assert [(p.name, p.dvcfile) for p in found] == [
         ("training", "dvc.yaml"),
@@ -97,8 +109,10 @@ def test_each_dvc_yaml_is_a_pipeline_named_by_its_folder(tmp_path: Path) -> None
         find_pipeline(repo, load_settings(repo), "score")
 
 
-def test_a_change_starts_only_the_builds_of_the_pipelines_it_can_change(tmp_path: Path) -> None:
-    repo = make_two_pipelines(tmp_path / "repo")
+def test_a_change_starts_only_the_builds_of_the_pipelines_it_can_change(
+    two_pipelines: Path,
+) -> None:
+    repo = two_pipelines
     expected = {
         "train.py": {"training"},
         "params.yaml": {"training"},
@@ -143,8 +157,8 @@ def test_the_example_has_one_pipeline_that_watches_what_it_runs() -> None:
     assert scoring.lockfiles == ("pipelines/scoring/dvc.lock",)
 
 
-def test_a_pipeline_without_metrics_has_nothing_to_judge(tmp_path: Path) -> None:
-    repo = make_two_pipelines(tmp_path / "repo")
+def test_a_pipeline_without_metrics_has_nothing_to_judge(two_pipelines: Path) -> None:
+    repo = two_pipelines
     with pytest.raises(BranchflowError, match=r"pipelines/scoring/dvc\.yaml declares no metrics"):
         scope(repo, load_settings(repo), read_dag(repo), "scoring")
 
@@ -159,8 +173,12 @@ def test_a_pipeline_without_metrics_has_nothing_to_judge(tmp_path: Path) -> None
         ('"pipelines/scoring/params.yaml" = "x"', "maps a dvc.yaml path to a name"),
     ],
 )
-def test_pipelines_may_be_named_in_config(tmp_path: Path, table: str, message: str | None) -> None:
-    repo = make_two_pipelines(tmp_path / "repo", f"\n[tool.branchflow.pipelines]\n{table}\n")
+def test_pipelines_may_be_named_in_config(
+    two_pipelines: Path, table: str, message: str | None
+) -> None:
+    repo = two_pipelines
+    with (repo / "pyproject.toml").open("a") as pyproject:
+        pyproject.write(f"\n[tool.branchflow.pipelines]\n{table}\n")
     if message is None:
         names = [p.name for p in find_pipelines(repo, load_settings(repo))]
         assert names == ["training", "batch"]

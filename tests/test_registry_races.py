@@ -26,8 +26,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from branchflow import registry
 from branchflow.errors import BranchflowError
+from branchflow.registry import champion
 from branchflow.registry.champion import (
     CHAMPION,
     KEY_TIME,
@@ -314,7 +314,7 @@ def test_takers_racing_for_the_lock_each_hold_it_alone(
     """Four threads take and release one lock 20 times each, polling every 10 ms: none fails
     (the server answers "does not exist" when a lock is released while it reports it taken) and
     no two hold it at once."""
-    monkeypatch.setattr(registry, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(champion, "LOCK_POLL_S", 0.01)
     production = f"race-lock-{uuid.uuid4().hex[:8]}_production"
     holders: list[int] = []
     overlaps: list[list[int]] = []
@@ -324,7 +324,7 @@ def test_takers_racing_for_the_lock_each_hold_it_alone(
         client = mlflow.MlflowClient(mlflow_server, mlflow_server)
         for _ in range(20):
             try:
-                with registry._lock(client, production):
+                with champion._lock(client, production):
                     holders.append(taker)
                     if len(holders) > 1:
                         overlaps.append(list(holders))

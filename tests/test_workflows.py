@@ -418,7 +418,7 @@ def checkout_pull_request(
 def test_pr_checks_run_the_pipeline_checks(
     project_repo: Path, copy_repo: Callable[[Path], Path], tmp_path: Path
 ) -> None:
-    """The checks job runs ruff, `branchflow check`, `init --check` and `azureml compile
+    """The checks job runs ruff, mypy, `branchflow check`, `init --check` and `azureml compile
     --check`, and they pass on a fresh copy of this repository (before pytest, which other
     tests cover)."""
     repo = copy_repo(project_repo)
@@ -428,6 +428,7 @@ def test_pr_checks_run_the_pipeline_checks(
     assert [r.args[-1] for r in results] == [
         "ruff check",
         "ruff format --check",
+        "mypy",
         "branchflow check",
         "branchflow init --check",
         "branchflow azureml compile --check",

@@ -98,7 +98,8 @@ def connect(store: Store) -> MlflowClient:
     import mlflow
     from mlflow.exceptions import MlflowException, RestException
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    for logger in ("mlflow", "alembic"):  # the local store's first use migrates it, noisily
+        logging.getLogger(logger).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(store.uri)
     mlflow.set_registry_uri(store.uri)
     client = mlflow.MlflowClient(store.uri, store.uri)
