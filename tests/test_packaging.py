@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -121,3 +122,19 @@ def test_the_toolkit_wheel_installs_alone(tmp_path: Path) -> None:
 
 def test_pip_check_is_clean_in_the_project_environment() -> None:
     uv("pip", "check", "--python", sys.executable)  # exits non-zero on any conflict
+
+
+@pytest.mark.e2e
+def test_the_toolkit_works_at_the_lowest_versions_its_ranges_allow(tmp_path: Path) -> None:
+    """`.github/scripts/lowest-direct.sh` (the toolkit CI job's): every direct dependency at
+    its floor, and the toolkit's tests that need no example pass there."""
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "PYTHON": sys.executable}
+    env["UV"] = f"{sys.executable} -m uv"
+    command = ["bash", ".github/scripts/lowest-direct.sh", "-m", "not e2e"]
+    command += ["-p", "no:cacheprovider", "--basetemp", str(tmp_path / "basetemp")]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    floors = tomllib.loads((ROOT / "packages/branchflow/pyproject.toml").read_text())
+    mlflow_floor = next(d for d in floors["project"]["dependencies"] if "mlflow-skinny" in d)
+    assert f"mlflow-skinny=={mlflow_floor.split('>=')[1].split(',')[0]}" in result.stdout
+    assert " passed" in result.stdout and " failed" not in result.stdout
