@@ -252,6 +252,18 @@ class MlflowServer:
 SERVER = pytest.StashKey[MlflowServer]()
 
 
+# What puts a test in the e2e tier, whatever its file: a real MLflow HTTP server, or the
+# example reproduced. `-m "not e2e"` (the fast tier) then never waits for either.
+E2E_FIXTURES = frozenset({"mlflow_server", "reproduced_repo"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
     """Before the first test runs (never on `--collect-only`), start the server if a selected
