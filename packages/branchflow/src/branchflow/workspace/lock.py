@@ -18,7 +18,7 @@ from branchflow.errors import BranchflowError
 
 LOCK_FILE = "uv.lock"
 REQUIREMENTS_FILE = "requirements.txt"  # pip's: the install of a project without a lock
-# `torch==2.13.0+cpu`: a local version label names a build on one index, not a release.
+# `torch==2.11.0+cpu`: a local version label names a build on one index, not a release.
 _LOCAL_LABEL = re.compile(r"^([A-Za-z0-9._-]+==[^+;\s]+)\+[A-Za-z0-9.]+")
 
 
@@ -51,7 +51,7 @@ def locked_requirements(root: Path, groups: Sequence[str] = ()) -> tuple[str, ..
     """Pins of the root project's runtime dependencies plus `groups`, from `root/uv.lock`.
 
     The project itself and workspace members are left out (they travel as code); local version
-    labels are dropped, so `torch==2.13.0` takes the build of whichever index serves it.
+    labels are dropped, so `torch==2.11.0` takes the build of whichever index serves it.
     """
     command = [*_uv(), "export", "--frozen", "--no-default-groups", "--no-emit-project"]
     command += ["--no-emit-workspace", "--no-hashes", "--no-header", "--no-annotate"]
