@@ -140,6 +140,23 @@ def test_the_builds_and_the_comment_job_install_one_branchflow(
     assert checked.returncode == 1 and "branchflow==9.9.9" in checked.stdout
 
 
+def test_a_project_whose_install_brings_branchflow_without_a_lock_renders_with_this_version(
+    initialised: Path,
+) -> None:
+    """`branchflow = ""` (the project's own install brings it) and no uv.lock to read the
+    version from: the comment job installs the branchflow that ran init, and init says so."""
+    pyproject = initialised / "pyproject.toml"
+    current = _branchflow_table(initialised)["ci"]["branchflow"]
+    pyproject.write_text(pyproject.read_text().replace(f'"{current}"', '""'))
+    assert not (initialised / "uv.lock").exists()
+    assert init(initialised).returncode == 0
+    comment = load(initialised / ".github/workflows/pr-comment.yml")
+    (installed,) = [
+        s["env"]["RENDERER"] for s in steps_of(comment) if "RENDERER" in s.get("env", {})
+    ]
+    assert installed == f"branchflow=={__version__}"
+
+
 def steps_of(workflow: dict) -> list[dict]:
     return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 

@@ -775,12 +775,16 @@ def _drift_limits(path: Path, rule: str, table: object, prefix: str = "") -> dic
 
 
 def _limit(path: Path, name: str, value: object, rule: str = "thresholds") -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if number and isinstance(value, int | float) and math.isfinite(value) and value >= 0:
-        return float(value)
-    kind = (
-        "an absolute change >= 0, in the statistic's units"
-        if rule == "absolute"
-        else "a relative change >= 0 (0.25 is 25 %)"
-    )
-    raise BranchflowError(f"{path}: {DRIFT_SECTION} {name} must be {kind}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        kind = (
+            "an absolute change >= 0, in the statistic's units"
+            if rule == "absolute"
+            else "a relative change >= 0 (0.25 is 25 %)"
+        )
+        raise BranchflowError(f"{path}: {DRIFT_SECTION} {name} must be {kind}, got {value!r}")
+    return float(value)

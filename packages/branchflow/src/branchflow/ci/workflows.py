@@ -229,8 +229,10 @@ def _renderer_requirement(root: Path, branchflow: str) -> str:
     version for both); the lock's version when the project's own install brings it."""
     if branchflow:
         return renderer_requirement(branchflow) or ""  # settings checked that it is pinned
-    lock = root / "uv.lock"
-    packages = tomllib.loads(lock.read_text(encoding="utf-8")).get("package", [])
+    try:
+        packages = tomllib.loads((root / "uv.lock").read_text(encoding="utf-8")).get("package", [])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # no lock uv could read
+        packages = []
     versions = [p.get("version") for p in packages if p.get("name") == "branchflow"]
     return f"branchflow=={versions[0] if versions and versions[0] else __version__}"
 
