@@ -161,6 +161,30 @@ def steps_of(workflow: dict) -> list[dict]:
     return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 
 
+def test_init_never_overwrites_a_file_the_project_wrote(shapes: Path, copy_repo) -> None:
+    """The project's own pr.yml and dependabot.yml are left byte for byte, each named in one
+    line; everything else is written, and after a commit `init --check` passes."""
+    repo = copy_repo(shapes)
+    own = {
+        ".github/workflows/pr.yml": "name: ours\non: push\njobs: {}\n",
+        ".github/dependabot.yml": "version: 2\nupdates: []\n",
+    }
+    for path, text in own.items():
+        write(repo / path, text)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "the project's own CI", cwd=repo)
+    first = init(repo)
+    assert first.returncode == 0, first.stderr
+    assert {path: (repo / path).read_text() for path in own} == own
+    kept = [line for line in first.stdout.splitlines() if line.startswith("kept ")]
+    assert [line.split(":")[0] for line in kept] == [f"kept {path}" for path in sorted(own)]
+    assert (repo / ".github/workflows/pr-train.yml").is_file()
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "CI from branchflow init", cwd=repo)
+    checked = init(repo, "--check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def _branchflow_table(repo: Path) -> dict:
     import tomllib
 

@@ -15,10 +15,12 @@ from branchflow.files import write_atomic
 
 @dataclass(frozen=True)
 class Plan:
-    """Every generated file's text by path from the root, and the stale files to delete."""
+    """Every generated file's text by path from the root, the stale files to delete, and the
+    files the generator would write but the project wrote itself, which it leaves alone."""
 
     files: dict[str, str]
     stale: list[str]
+    kept: tuple[str, ...] = ()
 
     def changes(self, root: Path) -> list[str]:
         """The paths whose text on disk differs from the plan, stale ones included."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from branchflow import __version__
-from branchflow.ci.workflows import generated_files, stale_files
+from branchflow.ci.workflows import foreign_files, generated_files, stale_files
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
 from branchflow.settings import PYPROJECT, default_base_name, parse_settings
@@ -40,8 +40,9 @@ def plan(root: Path) -> Plan:
     files = {PYPROJECT: _pyproject_text(root), GITIGNORE: _gitignore_text(root)}
     document = tomllib.loads(files[PYPROJECT])
     workflows = generated_files(root, parse_settings(root / PYPROJECT, root, document))
-    files.update(workflows)
-    return Plan(files, stale_files(root, workflows))
+    foreign = foreign_files(root, workflows)
+    files.update({path: text for path, text in workflows.items() if path not in foreign})
+    return Plan(files, stale_files(root, workflows), kept=tuple(foreign))
 
 
 def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:

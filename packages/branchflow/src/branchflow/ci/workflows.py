@@ -152,6 +152,12 @@ def stale_files(root: Path, files: dict[str, str]) -> list[str]:
     ]
 
 
+def foreign_files(root: Path, files: dict[str, str]) -> list[str]:
+    """The paths of `files` that already hold a file `init` did not write (no `MARKER` line):
+    the project's own, which `init` leaves alone."""
+    return [path for path in files if (root / path).is_file() and not _is_generated(root / path)]
+
+
 def _is_generated(path: Path) -> bool:
     with path.open(encoding="utf-8", errors="replace") as text:
         return text.readline().rstrip("\n") == MARKER

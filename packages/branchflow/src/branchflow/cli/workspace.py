@@ -77,6 +77,11 @@ def init_command(ctx: click.Context, check: bool) -> None:
     from branchflow.ci.init import plan
 
     planned = plan(Path.cwd())
+    for path in planned.kept:
+        click.echo(
+            f"kept {path}: branchflow init did not write it, so it leaves it alone; delete it "
+            "and rerun to have init write it"
+        )
     if check:
         check_generated(ctx, planned, "the generated files differ from [tool.branchflow]", "init")
         click.echo(f"all {len(planned.files)} files match [tool.branchflow]")
