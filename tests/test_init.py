@@ -161,6 +161,25 @@ def steps_of(workflow: dict) -> list[dict]:
     return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 
 
+def test_the_first_init_of_a_project_without_pyproject_passes_its_own_check(
+    tmp_path: Path,
+) -> None:
+    """init writes pyproject.toml, so the PR builds watch it from the first run: init, commit,
+    `init --check` passes (DVC's example-get-started has no pyproject.toml either)."""
+    stage = "stages:\n  a:\n    cmd: echo 1 > a.txt\n    outs: [a.txt]\n"
+    repo = init_repo(write(tmp_path / "repo/dvc.yaml", stage).parent)
+    sh("dvc", "init", "-q", cwd=repo)
+    assert init(repo).returncode == 0
+    assert (
+        "pyproject.toml"
+        in load(repo / ".github/workflows/pr-training.yml")["on"]["pull_request"]["paths"]
+    )
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "CI from branchflow init", cwd=repo)
+    checked = init(repo, "--check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_init_never_overwrites_a_file_the_project_wrote(shapes: Path, copy_repo) -> None:
     """The project's own pr.yml and dependabot.yml are left byte for byte, each named in one
     line; everything else is written, and after a commit `init --check` passes."""

@@ -28,8 +28,10 @@ from branchflow.workspace.git import git
 
 ROOT_PIPELINE = "training"
 DVCFILE = "dvc.yaml"
-# What every pipeline's build also depends on: how the project installs.
-PROJECT_FILES = ("pyproject.toml", "uv.lock", "requirements.txt")
+# What every pipeline's build also depends on: branchflow's settings (pyproject.toml, which
+# `init` writes if the project has none) and, where they exist, how the project installs.
+SETTINGS_FILE = "pyproject.toml"
+INSTALL_FILES = ("uv.lock", "requirements.txt")
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,8 @@ def watched_paths(
     paths = {
         pipeline.dvcfile,
         pipeline.lockfile,
-        *(f for f in PROJECT_FILES if (root / f).is_file()),
+        SETTINGS_FILE,
+        *(f for f in INSTALL_FILES if (root / f).is_file()),
     }
     for step in steps:
         paths |= {step.dvcfile, _lockfile(step.dvcfile)}
