@@ -339,17 +339,23 @@ def test_detection_reads_how_a_project_installs_lints_and_tests(tmp_path: Path) 
         "install": "uv",
         "branchflow": f"branchflow[report,azure]=={__version__}",  # the lock does not hold it
         "python": "3.12",
-        "lint": ["ruff check", "ruff format --check"],
+        "lint": ["uvx ruff check", "uvx ruff format --check"],  # nothing installs ruff
         "test": ["pytest"],
         "torch": True,
         "azureml_groups": ["azureml"],
     }
     pip = detected(tmp_path / "pip", {"pyproject.toml": '[project]\nname = "b"\n', ".flake8": ""})
-    assert (pip["install"], pip["lint"], pip["test"]) == ("pip", ["flake8"], [])
+    assert (pip["install"], pip["lint"], pip["test"]) == ("pip", ["uvx flake8"], [])
     both = detected(
         tmp_path / "req",
-        {"requirements.txt": "x\n", "requirements-dev.txt": "y\n", "pytest.ini": ""},
+        {
+            "requirements.txt": "x\n",
+            "requirements-dev.txt": "flake8==7.1  # the project's own linter\n",
+            "setup.cfg": "[flake8]\nmax-line-length = 100\n",
+            "pytest.ini": "",
+        },
     )
+    assert both["lint"] == ["flake8"]  # its install brings it
     assert (both["install"], both["requirements"], both["test"]) == (
         "requirements",
         ["requirements-dev.txt", "requirements.txt"],

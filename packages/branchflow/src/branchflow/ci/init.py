@@ -84,13 +84,19 @@ def _installed_requirement() -> str:
     return f"{extras}=={__version__}"
 
 
-def _dependency_names(document: dict[str, Any]) -> set[str]:
-    """The names of what `[project]` and its dependency groups require."""
+def _dependency_names(document: dict[str, Any], root: Path | None = None) -> set[str]:
+    """The names of what `[project]`, its optional dependencies and dependency groups require,
+    and (given the root) its `requirements*.txt` files."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    groups = document.get("dependency-groups", {}).values()
-    texts = [*document.get("project", {}).get("dependencies", [])]
+    project = document.get("project", {})
+    groups = [*document.get("dependency-groups", {}).values()]
+    groups += project.get("optional-dependencies", {}).values()
+    texts = [*project.get("dependencies", [])]
     texts += [item for group in groups for item in group if isinstance(item, str)]
+    for file in sorted(root.glob("requirements*.txt")) if root else ():
+        lines = (line.split("#", 1)[0].strip() for line in file.read_text().splitlines())
+        texts += [line for line in lines if line and not line.startswith("-")]
     names = set()
     for text in texts:
         try:
@@ -168,14 +174,19 @@ def _renderer_source(root: Path) -> str:
 
 
 def _lint_commands(root: Path, document: dict[str, Any]) -> tuple[str, ...]:
+    """The configured linter's commands; through `uvx` (which fetches the tool) when the
+    project's install does not bring it, so the PR check never runs a command that is absent."""
+    setup_cfg = _read(root / "setup.cfg") or ""
     if "ruff" in document.get("tool", {}) or any(
         (root / name).is_file() for name in ("ruff.toml", ".ruff.toml")
     ):
-        return LINTERS["ruff"]
-    setup_cfg = _read(root / "setup.cfg") or ""
-    if (root / ".flake8").is_file() or "[flake8]" in setup_cfg:
-        return LINTERS["flake8"]
-    return ()
+        tool = "ruff"
+    elif (root / ".flake8").is_file() or "[flake8]" in setup_cfg:
+        tool = "flake8"
+    else:
+        return ()
+    installed = tool in _dependency_names(document, root)
+    return tuple(command if installed else f"uvx {command}" for command in LINTERS[tool])
 
 
 def _has_tests(root: Path, document: dict[str, Any]) -> bool:
