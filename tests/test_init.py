@@ -363,6 +363,28 @@ def test_detection_reads_how_a_project_installs_lints_and_tests(tmp_path: Path) 
     )
 
 
+def test_requirements_in_src_are_found_as_dvcs_example_get_started_keeps_them(
+    tmp_path: Path,
+) -> None:
+    """`src/requirements.txt` and no pyproject.toml: init installs it, the PR builds watch it,
+    and the Azure ML environment and the model's requirements are its lines."""
+    from branchflow.workspace.lock import environment_requirements
+
+    stage = "stages:\n  a:\n    cmd: python src/a.py\n    deps: [src/a.py]\n    outs: [a.txt]\n"
+    repo = write(tmp_path / "repo/dvc.yaml", stage).parent
+    write(repo / "src/a.py", "open('a.txt', 'w').write('1')\n")
+    write(repo / "src/requirements.txt", "dvc>=3.66  # the pipeline's tools\npandas==2.2.3\n")
+    assert detected(repo, {})["requirements"] == ["src/requirements.txt"]
+    assert environment_requirements(repo, None) == ("dvc>=3.66", "pandas==2.2.3")
+    init_repo(repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    assert init(repo).returncode == 0
+    setup = (repo / ".github/actions/setup/action.yml").read_text()
+    assert "uv pip install -r src/requirements.txt" in setup
+    paths = load(repo / ".github/workflows/pr-training.yml")["on"]["pull_request"]["paths"]
+    assert "src/requirements.txt" in paths
+
+
 def test_this_repository_s_github_folder_is_what_init_writes() -> None:
     """No second copy kept by hand: the checked-in `.github/` is init's output for this config."""
     checked = sh("branchflow", "init", "--check", cwd=ROOT, check=False)

@@ -17,6 +17,7 @@ from branchflow.ci.workflows import foreign_files, generated_files, stale_files
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
 from branchflow.settings import PYPROJECT, default_base_name, parse_settings
+from branchflow.workspace.lock import read_requirements, requirements_files
 
 GITIGNORE = ".gitignore"
 IGNORED = (  # what branchflow writes into a workspace: never committed
@@ -49,7 +50,7 @@ def detect(root: Path, document: dict[str, Any]) -> dict[str, Any]:
     """`[tool.branchflow.ci]` for the project in `root`, from its files."""
     groups = document.get("dependency-groups", {})
     uv = (root / "uv.lock").is_file()
-    requirements = sorted(p.name for p in root.glob("requirements*.txt") if p.is_file())
+    requirements = list(requirements_files(root))
     table: dict[str, Any] = {"install": _install_method(uv, requirements, document)}
     if not uv and requirements:
         table["requirements"] = requirements
@@ -86,7 +87,7 @@ def _installed_requirement() -> str:
 
 def _dependency_names(document: dict[str, Any], root: Path | None = None) -> set[str]:
     """The names of what `[project]`, its optional dependencies and dependency groups require,
-    and (given the root) its `requirements*.txt` files."""
+    and (given the root) its requirements files."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     project = document.get("project", {})
@@ -94,9 +95,10 @@ def _dependency_names(document: dict[str, Any], root: Path | None = None) -> set
     groups += project.get("optional-dependencies", {}).values()
     texts = [*project.get("dependencies", [])]
     texts += [item for group in groups for item in group if isinstance(item, str)]
-    for file in sorted(root.glob("requirements*.txt")) if root else ():
-        lines = (line.split("#", 1)[0].strip() for line in file.read_text().splitlines())
-        texts += [line for line in lines if line and not line.startswith("-")]
+    if root is not None:
+        texts += [
+            line for file in requirements_files(root) for line in read_requirements(root / file)
+        ]
     names = set()
     for text in texts:
         try:

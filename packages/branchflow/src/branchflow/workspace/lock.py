@@ -18,6 +18,8 @@ from branchflow.errors import BranchflowError
 
 LOCK_FILE = "uv.lock"
 REQUIREMENTS_FILE = "requirements.txt"  # pip's: the install of a project without a lock
+# Where DVC projects keep their requirements*.txt: the root, else src/ (DVC's get-started).
+REQUIREMENTS_FOLDERS = (".", "src")
 # `torch==2.11.0+cpu`: a local version label names a build on one index, not a release.
 _LOCAL_LABEL = re.compile(r"^([A-Za-z0-9._-]+==[^+;\s]+)\+[A-Za-z0-9.]+")
 
@@ -26,21 +28,36 @@ def environment_requirements(
     root: Path, configured: Sequence[str] | None, groups: Sequence[str] = ()
 ) -> tuple[str, ...]:
     """What an environment built for the project installs: the configured list if any, else the
-    lock's pins, else `requirements.txt`'s requirements, else `[project].dependencies` as
-    written."""
+    lock's pins, else the requirements of `requirements.txt` (at the root or in src/), else
+    `[project].dependencies` as written."""
     if configured is not None:
         return tuple(configured)
     if has_lock(root):
         return locked_requirements(root, groups)
-    requirements = root / REQUIREMENTS_FILE
-    if requirements.is_file():
-        lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
-        return tuple(line for line in lines if line and not line.startswith("-"))
+    main = [path for path in requirements_files(root) if Path(path).name == REQUIREMENTS_FILE]
+    if main:
+        return read_requirements(root / main[0])
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file():
         return ()
     with pyproject.open("rb") as handle:
         return tuple(tomllib.load(handle).get("project", {}).get("dependencies", []))
+
+
+def requirements_files(root: Path) -> tuple[str, ...]:
+    """The project's `requirements*.txt`, by path from the root: those at the root, else those
+    in src/."""
+    for folder in REQUIREMENTS_FOLDERS:
+        found = sorted((root / folder).glob("requirements*.txt"))
+        if any(path.is_file() for path in found):
+            return tuple(p.relative_to(root).as_posix() for p in found if p.is_file())
+    return ()
+
+
+def read_requirements(path: Path) -> tuple[str, ...]:
+    """A requirements file's requirements, without comments, blank lines and pip options."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return tuple(line for line in lines if line and not line.startswith("-"))
 
 
 def has_lock(root: Path) -> bool:

@@ -25,13 +25,13 @@ from branchflow.settings import (
 from branchflow.workspace.context import data_version
 from branchflow.workspace.dag import Dag, DataSource, Step
 from branchflow.workspace.git import git
+from branchflow.workspace.lock import LOCK_FILE, has_lock, requirements_files
 
 ROOT_PIPELINE = "training"
 DVCFILE = "dvc.yaml"
 # What every pipeline's build also depends on: branchflow's settings (pyproject.toml, which
 # `init` writes if the project has none) and, where they exist, how the project installs.
 SETTINGS_FILE = "pyproject.toml"
-INSTALL_FILES = ("uv.lock", "requirements.txt")
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,8 @@ def watched_paths(
         pipeline.dvcfile,
         pipeline.lockfile,
         SETTINGS_FILE,
-        *(f for f in INSTALL_FILES if (root / f).is_file()),
+        *([LOCK_FILE] if has_lock(root) else []),
+        *requirements_files(root),
     }
     for step in steps:
         paths |= {step.dvcfile, _lockfile(step.dvcfile)}
