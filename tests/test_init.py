@@ -180,6 +180,22 @@ def test_the_first_init_of_a_project_without_pyproject_passes_its_own_check(
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_a_command_run_in_a_subfolder_acts_on_the_project(
+    shapes: Path, copy_repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From `pipelines/train`, `context` names the project (not the folder) and `init --check`
+    checks the project's files, as they do from the root."""
+    hide_ci_variables(monkeypatch)
+    repo = copy_repo(shapes)
+    assert init(repo).returncode == 0
+    names = [
+        json.loads(branchflow("context", cwd=folder).stdout)["names"]
+        for folder in (repo, repo / "pipelines/train")
+    ]
+    assert names[0] == names[1] and names[0]["model"].endswith("_repo_main")
+    assert init(repo / "pipelines/train", "--check").returncode == 0
+
+
 def test_init_never_overwrites_a_file_the_project_wrote(shapes: Path, copy_repo) -> None:
     """The project's own pr.yml and dependabot.yml are left byte for byte, each named in one
     line; everything else is written, and after a commit `init --check` passes."""

@@ -9,6 +9,7 @@ import click
 
 from branchflow.azureml import DEFAULT_OUT
 from branchflow.cli.generated import check_generated, write_generated
+from branchflow.cli.root import here
 from branchflow.errors import EXIT_TOOL, EXIT_VERDICT, BranchflowError
 
 OUT_HELP = "Folder of the generated YAML, relative to the repository root."
@@ -35,16 +36,17 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     from branchflow.azureml.compile import compile_project
     from branchflow.azureml.validate import validate
 
-    root = Path.cwd()
+    root = here()
     _check_out(out)
     compiled = compile_project(root, out)
     planned = compiled.plan(root, out)
     if check:
-        check_generated(ctx, planned, f"{out} is out of date with dvc.yaml", "azureml compile")
+        differ = f"{out} is out of date with dvc.yaml"
+        check_generated(ctx, planned, root, differ, "azureml compile")
         validate(root, out, compiled.dag)
         click.echo(f"{out} is up to date and valid")
         return
-    write_generated(planned)
+    write_generated(planned, root)
     validate(root, out, compiled.dag)
     click.echo(f"{out}: {len(compiled.dag.steps)} stages, valid")
 
@@ -76,7 +78,7 @@ def submit_command(
     after creating the computes, data assets and environment it needs that are missing."""
     from branchflow.azureml.submit import prepare, submit, workspace
 
-    root = Path.cwd()
+    root = here()
     _check_out(out)
     ids = None if dry_run else workspace(os.environ)
     submission = prepare(root, out, os.environ, pipeline_name)

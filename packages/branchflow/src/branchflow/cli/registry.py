@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from branchflow.cli.root import here
+
 if TYPE_CHECKING:
     from branchflow.registry.champion import Move
     from branchflow.registry.prune import PrunePlan
@@ -34,7 +36,7 @@ def register_command(output_format: str) -> None:
 
     from branchflow.registry.register import register
 
-    registration = register(Path.cwd())
+    registration = register(here())
     if output_format == "json":
         click.echo(json.dumps(dataclasses.asdict(registration), indent=2))
     else:
@@ -52,7 +54,7 @@ def promote_command(model_uri: str, reason: str) -> None:
     """
     from branchflow.registry.champion import promote
 
-    click.echo(describe(promote(Path.cwd(), model_uri, reason)))
+    click.echo(describe(promote(here(), model_uri, reason)))
 
 
 @click.command("rollback")
@@ -61,7 +63,7 @@ def rollback_command(reason: str) -> None:
     """Move `champion` back to the version that held it before the latest promotion."""
     from branchflow.registry.champion import rollback
 
-    click.echo(describe(rollback(Path.cwd(), reason)))
+    click.echo(describe(rollback(here(), reason)))
 
 
 @click.command("history")
@@ -73,7 +75,7 @@ def history_command(output_format: str) -> None:
 
     from branchflow.registry.champion import history
 
-    moves = history(Path.cwd())
+    moves = history(here())
     if output_format == "json":
         click.echo(json.dumps([dataclasses.asdict(move) for move in moves], indent=2))
     else:
@@ -93,7 +95,7 @@ def pin_command(out: Path) -> None:
     the champion does."""
     from branchflow.registry.pin import pin
 
-    found, changed = pin(Path.cwd(), out)
+    found, changed = pin(here(), out)
     state = "pinned" if changed else "already pins"
     click.echo(f"{out}: {state} models:/{found.name}/{found.version} (sha256 {found.sha256[:12]})")
 
@@ -105,7 +107,7 @@ def prune_command(branch: str, dry_run: bool) -> None:
     """Remove a gone branch's model versions and experiments, keeping any still in use."""
     from branchflow.registry.prune import prune
 
-    click.echo("\n".join(prune_lines(prune(Path.cwd(), branch, dry_run))))
+    click.echo("\n".join(prune_lines(prune(here(), branch, dry_run))))
 
 
 def describe(result: Registration | Move) -> str:

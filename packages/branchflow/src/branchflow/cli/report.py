@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from branchflow.cli.root import here
 from branchflow.errors import EXIT_OK, EXIT_VERDICT
 
 _BASE_HELP = (
@@ -36,9 +37,7 @@ def report_command(base_ref: str | None, out: Path, fetch: bool, pipeline: str |
     from branchflow.report.compare import default_base
     from branchflow.report.document import write_report
 
-    verdict = write_report(
-        Path.cwd(), out, base_ref or default_base(), fetch=fetch, pipeline=pipeline
-    )
+    verdict = write_report(here(), out, base_ref or default_base(), fetch=fetch, pipeline=pipeline)
     click.echo(f"wrote {out}: gate {'passed' if verdict.passed else 'failed'}")
 
 
@@ -54,7 +53,7 @@ def gate_command(
     from branchflow.report.compare import default_base
     from branchflow.report.gate import run_gate
 
-    verdict = run_gate(Path.cwd(), base_ref or default_base(), fetch=fetch, pipeline=pipeline)
+    verdict = run_gate(here(), base_ref or default_base(), fetch=fetch, pipeline=pipeline)
     for line in verdict.lines():
         click.echo(line)
     ctx.exit(EXIT_OK if verdict.passed else EXIT_VERDICT)
@@ -99,7 +98,7 @@ def drift_command(
     drift=true|false to $GITHUB_OUTPUT when it is set."""
     from branchflow.drift import check_drift, write_github_output
 
-    drift = check_drift(Path.cwd(), reference, current, threshold)
+    drift = check_drift(here(), reference, current, threshold)
     click.echo("\n".join(drift.lines()))
     if write_github_output(drift):
         click.echo(f"drift={'true' if drift.drifted else 'false'} written to $GITHUB_OUTPUT")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from branchflow.cli.generated import check_generated, write_generated
+from branchflow.cli.root import here
 from branchflow.errors import EXIT_OK, EXIT_VERDICT
 
 
@@ -28,13 +27,12 @@ def context_command(output_format: str, pipeline_type: str) -> None:
     import json
     import os
     import shlex
-    from pathlib import Path
 
     from branchflow.settings import load_settings
     from branchflow.workspace.context import as_dict, env_vars, resolve_context, write_github_files
     from branchflow.workspace.naming import names_for
 
-    root = Path.cwd()
+    root = here()
     settings = load_settings(root)
     context = resolve_context(root, os.environ, settings)
     names = names_for(context, settings, pipeline_type)
@@ -54,7 +52,7 @@ def check_command(ctx: click.Context) -> None:
     exit 1 when there are any."""
     from branchflow.workspace.imports import check_imports
 
-    stages = check_imports(Path.cwd())
+    stages = check_imports(here())
     failed = [stage for stage in stages if stage.undeclared]
     for stage in failed:
         click.echo(stage.line())
@@ -76,14 +74,16 @@ def init_command(ctx: click.Context, check: bool) -> None:
     [tool.branchflow.ci], on the first run), write .github/ and the ignore entries."""
     from branchflow.ci.init import plan
 
-    planned = plan(Path.cwd())
+    root = here()
+    planned = plan(root)
     for path in planned.kept:
         click.echo(
             f"kept {path}: branchflow init did not write it, so it leaves it alone; delete it "
             "and rerun to have init write it"
         )
     if check:
-        check_generated(ctx, planned, "the generated files differ from [tool.branchflow]", "init")
+        differ = "the generated files differ from [tool.branchflow]"
+        check_generated(ctx, planned, root, differ, "init")
         click.echo(f"all {len(planned.files)} files match [tool.branchflow]")
-    elif not write_generated(planned):
+    elif not write_generated(planned, root):
         click.echo("nothing to change")

@@ -42,6 +42,19 @@ class Context:
     detached: bool
 
 
+def project_root(start: Path) -> Path:
+    """The project a command run in `start` works on: the nearest folder at or above it that
+    holds `.dvc/` (DVC's own root, so a subrepo is a project of its own), else the git
+    checkout's top, else `start`. Commands run from a subfolder so act on the project."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+        if (folder / ".git").exists():
+            return folder
+    return start
+
+
 def resolve_context(
     root: Path, env: Mapping[str, str] = os.environ, settings: Settings | None = None
 ) -> Context:
