@@ -228,3 +228,49 @@ def test_each_pipeline_reports_only_its_own_plots(tmp_path: Path) -> None:
     assert len(plots) == 2 and errors == []
     everything, _ = render_plots(tmp_path, None, tmp_path / "all", {})
     assert len(everything) == 3  # and pipelines/scoring/hist.csv is left out of training's
+
+
+DVCLIVE_STAGE = """
+stages:
+  train:
+    cmd: python train.py
+    deps: [train.py]
+    outs: [dvclive]
+metrics:
+  - dvclive/metrics.json
+"""
+DVCLIVE_TRAIN = """import json, pathlib
+folder = pathlib.Path("dvclive")
+folder.mkdir(exist_ok=True)
+(folder / "metrics.json").write_text(json.dumps({"f1": 0.91, "loss": 0.2}))
+"""
+
+
+def test_top_level_metrics_as_dvclive_declares_them_are_reported_and_gated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dvclive writes `metrics:` at the top of dvc.yaml, inside a cached output: the pipeline
+    reports and gates them, and init generates its report, gate and comment."""
+    from tests.conftest import branchflow, hide_ci_variables
+
+    hide_ci_variables(monkeypatch, "MLFLOW_")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(textwrap.dedent(DVCLIVE_STAGE).lstrip())
+    (repo / "train.py").write_text(DVCLIVE_TRAIN)
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "live"\n[tool.branchflow.gate.min]\nf1 = 0.95\n'
+    )
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "repro", "-q", cwd=repo)
+    init_repo(repo)
+    judged = scope(repo, load_settings(repo), read_dag(repo), "training")
+    assert judged.metrics_files == ("dvclive/metrics.json",)
+    gate = branchflow("gate", "--pipeline", "training", cwd=repo, check=False)
+    assert gate.returncode == 1 and "`f1` is 0.9100, below the floor 0.9500" in gate.stdout
+    assert branchflow("init", cwd=repo).returncode == 0
+    workflows = {p.name for p in (repo / ".github/workflows").glob("*.yml")}
+    assert "pr-comment.yml" in workflows  # the PR build reports, so the comment job listens
+    build = (repo / ".github/workflows/pr-training.yml").read_text()
+    assert "branchflow gate --pipeline training" in build

@@ -32,7 +32,6 @@ from branchflow.workspace.pipelines import (
     find_pipelines,
     metrics_files,
     model_pipeline,
-    own_steps,
     watched_paths,
 )
 
@@ -180,7 +179,7 @@ def _build(
         pull=pull,
         imports=_dvcfiles(source for source in sources if source.imported),
         has_model=has_model,
-        has_metrics=bool(metrics_files(own_steps(dag, pipeline))),
+        has_metrics=bool(metrics_files(dag, pipeline)),
         dev_remote=own.dev_remote if own else None,
         dev_pull=own.dev_pull if own else (),
         dev_params=own.dev_params if own else (),

@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
-from collections.abc import Collection
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ class Dag:
     data: tuple[DataSource, ...]
     out_paths: tuple[str, ...]
     local_remotes: tuple[str, ...]
+    # A dvc.yaml's top-level `metrics:` (what dvclive declares), from the repository root
+    top_metrics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def ident(text: str) -> str:
@@ -148,7 +151,19 @@ class _Reader:
             data=tuple(self.sources[path] for path in sorted(self.sources)),
             out_paths=tuple(sorted(outs)),
             local_remotes=self._local_remotes(),
+            top_metrics=self._top_metrics(),
         )
+
+    def _top_metrics(self) -> dict[str, tuple[str, ...]]:
+        """Each dvc.yaml's top-level `metrics:` files, from the repository root. DVC's index
+        holds them by dvc.yaml, relative to its folder (as `dvc metrics show` reads them)."""
+        found: dict[str, tuple[str, ...]] = {}
+        for dvcfile, files in sorted(self.index._metrics.items()):
+            folder = Path(self._rel(dvcfile)).parent
+            found[self._rel(dvcfile)] = tuple(
+                posixpath.normpath((folder / file).as_posix()) for file in files
+            )
+        return found
 
     def _mark_returned(self, steps: list[Step]) -> tuple[Step, ...]:
         """Return metrics, outputs no step reads, and the outputs asked to be kept."""

@@ -119,9 +119,12 @@ def own_steps(dag: Dag, pipeline: Pipeline) -> tuple[Step, ...]:
     return tuple(step for step in dag.steps if step.dvcfile == pipeline.dvcfile)
 
 
-def metrics_files(steps: Iterable[Step]) -> tuple[str, ...]:
-    """The metrics files `steps` declare: what a pipeline reports and gates."""
-    return tuple(output.path for step in steps for output in step.outputs if output.metric)
+def metrics_files(dag: Dag, pipeline: Pipeline) -> tuple[str, ...]:
+    """The metrics files the pipeline's own stages declare, then its dvc.yaml's top-level
+    `metrics:` (dvclive's layout): what a pipeline reports and gates."""
+    declared = [o.path for step in own_steps(dag, pipeline) for o in step.outputs if o.metric]
+    top = dag.top_metrics.get(pipeline.dvcfile, ())
+    return tuple(dict.fromkeys([*declared, *top]))
 
 
 def data_sources(dag: Dag, pipeline: Pipeline) -> tuple[DataSource, ...]:
@@ -168,11 +171,12 @@ def scope(root: Path, settings: Settings, dag: Dag, name: str | None) -> Scope:
     pipeline = find_pipeline(root, settings, name) if name is not None else model
     assert pipeline is not None  # a name finds its pipeline; without one, the model's exists
     own = own_steps(dag, pipeline)
-    metrics = metrics_files(own)
+    metrics = metrics_files(dag, pipeline)
     if not metrics:
         raise BranchflowError(
             f"{pipeline.dvcfile} declares no metrics files, so pipeline {pipeline.name} has "
-            "nothing to report or gate; declare them under `metrics:` in its stages"
+            "nothing to report or gate; declare them under `metrics:` in its stages or at its top "
+            "level, as dvclive does"
         )
     main = pipeline == model or model is None  # the project's own gate and champion apply
     return Scope(
