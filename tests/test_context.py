@@ -468,6 +468,15 @@ def test_names_follow_pattern_and_pipeline_type() -> None:
     assert (names.experiment, names.model) == ("demo-dev-scoring", "demo-dev-model")
 
 
+@pytest.mark.parametrize(
+    ("pattern", "branch"), [("{branch}", "demo_production"), ("{base}_{branch}", "production")]
+)
+def test_no_branch_is_named_as_production(pattern: str, branch: str) -> None:
+    settings = Settings("demo", "demo_production", name_pattern=pattern)
+    with pytest.raises(BranchflowError, match="'demo_production', the production model's name"):
+        names_for(context_for(branch), settings)
+
+
 @pytest.mark.parametrize("branch", BRANCHES)
 def test_names_are_valid_everywhere(branch: str) -> None:
     names = names_for(context_for(branch, "100"), SETTINGS)
@@ -569,6 +578,9 @@ def test_settings_from_table(tmp_path: Path) -> None:
         ('name_pattern = "{base}"', r"name_pattern .* must use \{branch\}"),
         ('name_pattern = "{branch}_{user}"', r"name_pattern"),
         ('name_pattern = "{branch"', r"name_pattern"),
+        ('name_pattern = "{branch:{base}}"', r"no format spec or conversion"),
+        ('name_pattern = "{branch:>999999999}"', r"no format spec or conversion"),
+        ('name_pattern = "{branch!r}"', r"no format spec or conversion"),
     ],
 )
 def test_settings_errors_name_the_file_and_key(tmp_path: Path, table: str, message: str) -> None:

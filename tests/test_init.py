@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,8 +128,9 @@ def test_the_builds_and_the_comment_job_install_one_branchflow(
     current = _branchflow_table(repo)["ci"]["branchflow"]
     pyproject.write_text(pyproject.read_text().replace(current, pinned))
     assert init(repo).returncode == 0
-    setup = (repo / ".github/actions/setup/action.yml").read_text()
-    assert f'uv pip install "{pinned}"' in setup
+    setup = load(repo / ".github/actions/setup/action.yml")["runs"]["steps"]
+    runs = [shlex.split(step["run"]) for step in setup if "run" in step]
+    assert ["uv", "pip", "install", pinned] in runs
     comment = load(repo / ".github/workflows/pr-comment.yml")
     (installed,) = [
         s["env"]["RENDERER"] for s in steps_of(comment) if "RENDERER" in s.get("env", {})

@@ -483,6 +483,26 @@ def _string(path: Path, key: str, value: object) -> str:
         raise BranchflowError(
             f"{path}: [tool.branchflow] {key} must be a non-empty string, got {value!r}"
         )
+    return _one_line(path, key, value)
+
+
+def not_one_line(text: str) -> str | None:
+    """Why `text` cannot be written into a generated workflow, or None: a line break or other
+    control character ends the YAML line it sits in, and GitHub evaluates `${{` anywhere, quoted
+    or not. Every other character is quoted for the shell or YAML where it lands."""
+    if "${{" in text:
+        return "holds '${{', which GitHub would evaluate as an expression"
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        return "holds a line break or another control character"
+    return None
+
+
+def _one_line(path: Path, key: str, value: str) -> str:
+    problem = not_one_line(value)
+    if problem:
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} {problem}; write it as one line of plain text"
+        )
     return value
 
 
@@ -496,14 +516,17 @@ def default_base_name(document: dict[str, Any], root: Path) -> str:
 
 def _check_pattern(path: Path, pattern: str) -> None:
     try:
-        names = {field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None}
+        fields = [(name, spec, how) for _, name, spec, how in string.Formatter().parse(pattern)]
     except ValueError as exc:
         raise BranchflowError(f"{path}: [tool.branchflow] name_pattern: {exc}") from exc
+    names = {name for name, _, _ in fields if name is not None}
     unknown = names - NAME_PLACEHOLDERS
-    if unknown or "branch" not in names:
+    formatted = any(spec or conversion for name, spec, conversion in fields if name is not None)
+    if unknown or "branch" not in names or formatted:
         raise BranchflowError(
             f"{path}: [tool.branchflow] name_pattern {pattern!r} must use {{branch}} and only "
-            f"the placeholders {{{'}, {'.join(sorted(NAME_PLACEHOLDERS))}}}"
+            f"the placeholders {{{'}, {'.join(sorted(NAME_PLACEHOLDERS))}}}, with no format "
+            "spec or conversion"
         )
 
 
@@ -627,7 +650,7 @@ def _strings(path: Path, key: str, value: object) -> tuple[str, ...]:
         raise BranchflowError(
             f"{path}: [tool.branchflow] {key} must be a list of non-empty strings, got {value!r}"
         )
-    return tuple(value)
+    return tuple(_one_line(path, key, entry) for entry in value)
 
 
 def _relative_paths(path: Path, key: str, value: object) -> tuple[str, ...]:
@@ -749,7 +772,7 @@ def _text(path: Path, key: str, value: object) -> str:
     """A string that may be empty."""
     if not isinstance(value, str):
         raise BranchflowError(f"{path}: [tool.branchflow] {key} must be a string, got {value!r}")
-    return value
+    return _one_line(path, key, value)
 
 
 def _drift_settings(path: Path, table: object) -> DriftSettings:

@@ -7,6 +7,7 @@ beside this module. Every generated file starts with `MARKER`, which also tells 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -22,6 +23,7 @@ from branchflow.settings import (
     GPU_CLOUD_SECRETS,
     GpuRunnerSettings,
     Settings,
+    not_one_line,
     renderer_requirement,
 )
 from branchflow.workspace.dag import Dag, DataSource, read_dag
@@ -82,7 +84,20 @@ class PipelineBuild:
 
     @property
     def repro(self) -> str:
-        return "dvc repro" if self.root else f"dvc repro {self.dvcfile}"
+        return shlex.join(["dvc", "repro", *self._target])
+
+    @property
+    def pull_command(self) -> str:
+        return shlex.join(["dvc", "pull", *self.pull])
+
+    @property
+    def dev_pull_command(self) -> str:
+        remote = ["-r", self.dev_remote] if self.dev_remote else []
+        return shlex.join(["dvc", "pull", *remote, *self.dev_pull])
+
+    @property
+    def push_command(self) -> str:
+        return shlex.join(["dvc", "push", "-r", self.dev_remote or "", *self._target])
 
     @property
     def dev_repro(self) -> str:
@@ -91,10 +106,14 @@ class PipelineBuild:
     def retrain(self, param: str | None) -> str:
         """The retrain command: `param` (a params key) set to the watched data, `$DATA`."""
         command = self._exp_run(())
-        return f'{command} -S "{param}=$DATA"' if param else command
+        return f'{command} -S {shlex.quote(f"{param}=")}"$DATA"' if param else command
+
+    @property
+    def _target(self) -> list[str]:
+        return [] if self.root else [self.dvcfile]
 
     def _exp_run(self, params: tuple[str, ...]) -> str:
-        words = ["dvc", "exp", "run"] + ([] if self.root else [self.dvcfile])
+        words = ["dvc", "exp", "run", *self._target]
         for value in params:
             words += ["-S", value]
         return shlex.join(words)
@@ -172,18 +191,31 @@ def _build(
     workflow = _workflow_file(pr_workflow(pipeline.name))
     paths = {*watched_paths(root, dag, pipeline, model), workflow, f"{SETUP_FOLDER}/**"}
     paths |= set(settings.ci.requirements)
+    imports = _dvcfiles(source for source in sources if source.imported)
+    _check_one_line((pipeline.dvcfile, *pull, *imports, *paths))
     return PipelineBuild(
         name=pipeline.name,
         dvcfile=pipeline.dvcfile,
         paths=tuple(sorted(paths)),
         pull=pull,
-        imports=_dvcfiles(source for source in sources if source.imported),
+        imports=imports,
         has_model=has_model,
         has_metrics=bool(metrics_files(dag, pipeline)),
         dev_remote=own.dev_remote if own else None,
         dev_pull=own.dev_pull if own else (),
         dev_params=own.dev_params if own else (),
     )
+
+
+def _check_one_line(paths: Iterable[str]) -> None:
+    """Refuse a path the builds cannot carry as data (see `not_one_line`); any other path is
+    quoted where it lands."""
+    for path in paths:
+        problem = not_one_line(path)
+        if problem:
+            raise BranchflowError(
+                f"{path!r}: a path the generated builds would name {problem}; rename it"
+            )
 
 
 def _dvcfiles(sources: Iterable[DataSource]) -> tuple[str, ...]:
@@ -205,6 +237,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "torch": ci.torch and ci.install == "uv",
         "python": ci.python,
         "branchflow": ci.branchflow,
+        "install_branchflow": shlex.join(["uv", "pip", "install", ci.branchflow]),
         "renderer": ci.renderer,
         "renderer_requirement": _renderer_requirement(root, ci.branchflow),
         "lint": ci.lint,
@@ -264,7 +297,7 @@ def _render(template: str, context: dict[str, Any]) -> str:
 def _environment() -> Any:
     import jinja2  # only `init` renders templates: keep it off the CLI's start-up
 
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("branchflow.ci", "templates"),
         block_start_string="[%",
         block_end_string="%]",
@@ -278,3 +311,27 @@ def _environment() -> Any:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
+    environment.filters.update(sh=_shell_words, scalar=_scalar, quoted=_quoted)
+    return environment
+
+
+def _shell_words(words: str | Iterable[str]) -> str:
+    """`words` as shell words that the shell passes on as they are, never runs."""
+    return shlex.quote(words) if isinstance(words, str) else shlex.join(words)
+
+
+def _scalar(text: str) -> str:
+    """`text` as a YAML scalar: plain where YAML reads it back as the same string (so a plain
+    command stays readable), else double-quoted."""
+    import yaml
+
+    try:
+        plain = yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else _quoted(text)
+
+
+def _quoted(value: object) -> str:
+    """`value` in JSON, which YAML reads as it is: a double-quoted string, or a flow list."""
+    return json.dumps(value, ensure_ascii=False)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from branchflow.errors import BranchflowError
 from branchflow.registry.client import open_registry, registered_model, version_uri
 from branchflow.registry.register import CANDIDATE
 from branchflow.tracking import branch_experiments, mlflow_errors
@@ -37,6 +38,8 @@ def prune(
     Kept: versions an alias other than `candidate` points to, versions copied into the
     production model (a rollback may need them), and the experiments of their runs.
     """
+    if not branch.strip():
+        raise BranchflowError("--branch is empty; name the merged or deleted branch")
     settings, context, store, client = open_registry(root, env)
     gone = dataclasses.replace(context, branch=branch, branch_slug=slugify(branch))
     names = names_for(gone, settings)

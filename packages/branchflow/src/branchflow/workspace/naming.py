@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from branchflow.errors import BranchflowError
+
 if TYPE_CHECKING:
     from branchflow.settings import Settings
     from branchflow.workspace.context import Context
@@ -97,13 +99,19 @@ def names_for(context: Context, settings: Settings, pipeline_type: str = "traini
         )
 
     raw = fill(pipeline_type)
-    return Names(
+    names = Names(
         experiment=slugify(raw),
         pipeline=slugify(raw, component=True),
         model=slugify(fill("model")),
         production_model=slugify(settings.production_model),
         run_name=slugify(f"{raw}_{context.build_id or context.short_commit}"),
     )
+    if names.production_model in (names.model, names.experiment):
+        raise BranchflowError(
+            f"branch {context.branch!r} would be named {names.production_model!r}, the "
+            "production model's name; rename the branch, or change [tool.branchflow] name_pattern"
+        )
+    return names
 
 
 def qualified_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
