@@ -12,9 +12,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
+from mlflow.entities.model_registry import ModelVersion
 
-from branchflow.registry.champion import CHAMPION, LOCK_SUFFIX
+from branchflow.registry.champion import CHAMPION, FILES_SHA_TAG, LOCK_SUFFIX, SOURCE_TAG
+from branchflow.registry.package import tree_sha256
 from branchflow.registry.register import CANDIDATE, register
+from branchflow.report.compare import find_champion
 from tests.conftest import MlflowServer, branch_names, on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("registry_env")]
@@ -114,3 +117,64 @@ def test_a_pr_token_registers_and_reads_but_cannot_promote(
         production, CHAMPION
     )
     assert champion.tags["model_sha256"] == registration.model_sha256
+
+
+def test_what_production_serves_is_fixed_at_promotion(
+    repo: Path, auth_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The branch's token owns the promoted version's source, its files and its run; after the
+    promotion it rewrites all three, and production's champion (its files, and the metrics the
+    gate compares with) does not change."""
+    branch = "pr/43"
+    as_user(monkeypatch, auth_server, "pr-bot")
+    registration = register(repo, on(branch))
+    source = mlflow.MlflowClient(auth_server, auth_server).get_model_version(
+        registration.model, registration.version
+    )
+    release = as_user(monkeypatch, auth_server, "release")
+    candidate = f"models:/{registration.model}/{registration.version}"
+    promoted = branchflow(repo, "promote", candidate, env=on(branch, **release))
+    assert promoted.returncode == 0, promoted.stderr
+    production = branch_names(repo, branch).production_model
+    client = mlflow.MlflowClient(auth_server, auth_server)
+    champion = client.get_model_version_by_alias(production, CHAMPION)
+    before = find_champion(repo, production, on(branch, **release))[0]
+    assert champion.tags[SOURCE_TAG] == candidate and before is not None
+
+    as_user(monkeypatch, auth_server, "pr-bot")
+    bot = ("pr-bot", USERS["pr-bot"])
+    payload = b"import os; os.system('touch PWNED')\n"
+    source_files = artifact_files(client, source.source, tmp_path / "source")
+    champion_run = client.get_run(champion.run_id)
+    for name in source_files:  # its own: allowed
+        assert put_artifact(auth_server, f"{artifact_path(source)}/{name}", payload, bot) == 200
+    for name in source_files:  # production's copy: refused
+        target = f"{champion_run.info.artifact_uri.split(':', 1)[1].lstrip('/')}/model/{name}"
+        assert put_artifact(auth_server, target, payload, bot) == 403
+    mlflow.MlflowClient(auth_server, auth_server).log_metric(source.run_id, "f1", 0.01)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="Permission denied"):
+        mlflow.MlflowClient(auth_server, auth_server).log_metric(champion.run_id, "f1", 0.01)
+
+    release = as_user(monkeypatch, auth_server, "release")
+    served = Path(mlflow.artifacts.download_artifacts(f"models:/{production}@{CHAMPION}"))
+    assert tree_sha256(served) == champion.tags[FILES_SHA_TAG]
+    assert payload not in b"".join(p.read_bytes() for p in served.rglob("*") if p.is_file())
+    assert find_champion(repo, production, on(branch, **release))[0] == before
+    pinned = branchflow(repo, "pin", "--out", str(tmp_path / "pin.json"), env=on(branch, **release))
+    assert pinned.returncode == 0, pinned.stderr
+
+
+def artifact_path(version: ModelVersion) -> str:
+    """Where the proxied artifact store keeps `version`'s files (`mlflow-artifacts:/<path>`)."""
+    uri = mlflow.MlflowClient().get_model_version_download_uri(version.name, version.version)
+    return uri.split(":", 1)[1].lstrip("/")
+
+
+def artifact_files(client: mlflow.MlflowClient, uri: str, into: Path) -> list[str]:
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(into)))
+    return [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+
+
+def put_artifact(uri: str, path: str, data: bytes, auth: tuple[str, str]) -> int:
+    url = f"{uri}/api/2.0/mlflow-artifacts/artifacts/{path}"
+    return requests.put(url, data=data, auth=auth, timeout=30).status_code

@@ -1,8 +1,14 @@
 """The production champion: promote, rollback and history.
 
 Aliases only (registry stages are deprecated in MLflow). The production model carries
-`champion` on a copy of the promoted version. Every champion move is stored in MLflow as a JSON
-tag `branchflow.move.<UTC time>.<id>` of the production model, which `history` reads back.
+`champion` on a copy of the promoted version: its files, downloaded and logged again to a run
+of the experiment named as the production model, which `promote` creates and only production's
+credentials may write (MLflow's auth app judges artifact writes by experiment), with the source
+run's metrics and the sha256 of every file (`FILES_SHA_TAG`). So nothing the source's owner (a
+branch's token) writes after promotion reaches what production loads or the gate reads.
+
+Every champion move is stored in MLflow as a JSON tag `branchflow.move.<UTC time>.<id>` of
+the production model, which `history` reads back.
 
 Concurrency and crashes (MLflow offers no compare-and-set, so):
 
@@ -29,6 +35,7 @@ import getpass
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -40,12 +47,15 @@ from typing import TYPE_CHECKING
 
 from branchflow.errors import BranchflowError
 from branchflow.registry.client import open_registry, registered_model, version_uri
+from branchflow.registry.package import DOWNLOAD_NOTE, served_sha256, tree_sha256
+from branchflow.registry.register import MODEL_ARTIFACT, MODEL_SHA_TAG
 from branchflow.tracking import LEASE_TAG, OWNER_TAG, holder_gone, lease_tags, mlflow_errors
 from branchflow.workspace.context import Context
 from branchflow.workspace.naming import names_for
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 CHAMPION = "champion"
@@ -57,6 +67,8 @@ LOCK_LEASE_S = 60  # a move takes seconds; a holder silent for longer counts as 
 LOCK_WAIT_S = 15
 LOCK_POLL_S = 0.2
 TOKEN_TAG = "branchflow.token"  # on a lock: which taking of it this is
+SOURCE_TAG = "branchflow.source"  # on a production version: the models:/ URI it copies
+FILES_SHA_TAG = "files_sha256"  # on a production version: see `tree_sha256`
 MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
 
 
@@ -112,11 +124,12 @@ def promote(
         source_uri = f"models:/{source.name}/{source.version}"
         with _moving(client, production) as (state, write):
             champion = _champion_version(client, production, state)
-            if champion is not None and source_uri in (champion.source, version_uri(champion)):
+            held = (copied_from(champion), version_uri(champion)) if champion else ()
+            if champion is not None and source_uri in held:
                 return _move(
                     "promote", production, champion, champion.version, source_uri, context, env
                 )
-            target = source if source.name == production else _copy(client, source_uri, production)
+            target = source if source.name == production else _copy(client, source, production)
             move = _move(
                 "promote", production, champion, target.version, source_uri, context, env, reason
             )
@@ -124,13 +137,58 @@ def promote(
     return move
 
 
-def _copy(client: MlflowClient, source_uri: str, production: str) -> ModelVersion:
-    """The version of `production` copied from `source_uri`: the one an earlier promote (or one
-    that crashed before moving the alias) made, else a new copy."""
+def copied_from(version: ModelVersion) -> str:
+    """The `models:/` URI a production version copies (MLflow's `source` for copies made before
+    promote copied the files)."""
+    return version.tags.get(SOURCE_TAG) or version.source or ""
+
+
+def _copy(client: MlflowClient, source: ModelVersion, production: str) -> ModelVersion:
+    """The version of `production` that copies `source`: the one an earlier promote (or one that
+    crashed before moving the alias) made, else a new copy of its files and run metrics."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    source_uri = version_uri(source)
+    registered = registered_model(client, production)
+    if registered is None:
+        client.create_registered_model(production)
+    else:  # a no-op that needs production's credentials: a PR token stops here, creating nothing
+        client.update_registered_model(production, registered.description or "")
     for version in client.search_model_versions(f"name = '{production}'"):
-        if version.source == source_uri:
+        if copied_from(version) == source_uri:
             return version
-    return client.copy_model_version(source_uri, production)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=tmp))
+        (local / DOWNLOAD_NOTE).unlink(missing_ok=True)
+        run = _production_run(client, production, source_uri)
+        client.log_artifacts(run.info.run_id, str(local), MODEL_ARTIFACT)
+        metrics = client.get_run(source.run_id).data.metrics if source.run_id else {}
+        now = int(time.time() * 1000)
+        client.log_batch(run.info.run_id, [Metric(k, v, now, 0) for k, v in metrics.items()])
+        client.set_terminated(run.info.run_id)
+        served = served_sha256(local)
+        tags = {**source.tags, SOURCE_TAG: source_uri, FILES_SHA_TAG: tree_sha256(local)}
+        tags |= {MODEL_SHA_TAG: served} if served else {}
+    artifacts = f"{run.info.artifact_uri}/{MODEL_ARTIFACT}"
+    return client.create_model_version(production, artifacts, run.info.run_id, tags=tags)
+
+
+def _production_run(client: MlflowClient, production: str, source_uri: str) -> Run:
+    """A new run, in the experiment named as `production`, to hold one promoted copy."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(production)
+    experiment = found.experiment_id if found else client.create_experiment(production)
+    try:
+        return client.create_run(experiment, tags={SOURCE_TAG: source_uri})
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        raise BranchflowError(
+            f"the experiment {production!r}, which holds production's copies, belongs to another "
+            "account; delete it with an MLflow admin's credentials and promote again"
+        ) from exc
 
 
 def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) -> Move:

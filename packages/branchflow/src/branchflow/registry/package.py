@@ -27,6 +27,33 @@ def artifacts_sha256(root: Path, artifacts: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(digests).encode()).hexdigest()
 
 
+DOWNLOAD_NOTE = "registered_model_meta"  # what a `models:/` download adds: name and version
+
+
+def tree_sha256(folder: Path) -> str:
+    """sha256 of a downloaded model package, every file of it: of the lines `<sha256>  <path>`
+    that `find . -type f | sort | xargs sha256sum` prints in `folder` (paths relative, sorted,
+    without the `./`), leaving out the `DOWNLOAD_NOTE` that the download itself wrote."""
+    files = sorted(
+        (file.relative_to(folder).as_posix(), file)
+        for file in folder.rglob("*")
+        if file.is_file() and file.relative_to(folder).as_posix() != DOWNLOAD_NOTE
+    )
+    lines = "".join(f"{file_sha256(file)}  {name}\n" for name, file in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def served_sha256(package: Path) -> str | None:
+    """The sha256 of a downloaded pyfunc package's one artifact file, which `register` tags as
+    `model_sha256` (see `artifacts_sha256`); None unless the package has exactly one."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(package)).flavors.get("python_function", {})
+    artifacts = {key: entry["path"] for key, entry in flavor.get("artifacts", {}).items()}
+    digests = _digests(package, artifacts)
+    return digests[0][2] if len(digests) == 1 else None
+
+
 def package_sha256(root: Path, model: ModelSettings, requirements: list[str] | None) -> str:
     """The registration key: sha256 of everything the logged package holds, that is the flavor,
     the bytes of the artifacts, python_model, code_paths and input example, the signature and

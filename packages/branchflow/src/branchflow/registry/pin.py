@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from branchflow.errors import BranchflowError
 from branchflow.files import write_atomic
-from branchflow.registry.champion import CHAMPION, current_champion
-from branchflow.registry.package import artifacts_sha256
+from branchflow.registry.champion import CHAMPION, FILES_SHA_TAG, current_champion
+from branchflow.registry.package import served_sha256, tree_sha256
 from branchflow.registry.register import MODEL_SHA_TAG
 from branchflow.settings import load_settings
 from branchflow.tracking import connect, mlflow_errors, store_for
@@ -40,7 +40,8 @@ class Pin:
 
 
 def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin, bool]:
-    """Pin the production model's current champion into `out`; True when `out` changed."""
+    """Pin the production model's current champion into `out`, once its files are checked
+    against the digest its promotion recorded; True when `out` changed."""
     settings = load_settings(root)
     production = names_for(resolve_context(root, env, settings), settings).production_model
     store = store_for(root, env)
@@ -52,30 +53,40 @@ def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin
                 f"{production} has no @{CHAMPION} to pin; promote a version first "
                 "(branchflow promote models:/<model>@candidate)"
             )
-        found = Pin(
-            production, str(champion.version), tagged_sha256(champion) or _download_sha256(champion)
-        )
+        found = Pin(production, str(champion.version), _checked_sha256(champion))
     return found, _write(out, found)
 
 
 def tagged_sha256(version: ModelVersion) -> str | None:
-    """The model bytes' sha256 that `register` tagged `version` with, if any."""
+    """The model bytes' sha256 that `register` (or, for a production copy, `promote`) tagged
+    `version` with, if any."""
     return version.tags.get(MODEL_SHA_TAG) or None
 
 
-def _download_sha256(version: ModelVersion) -> str:
-    """The sha256 of `version`'s pyfunc artifacts, downloaded (as `register` computes it)."""
+def _checked_sha256(version: ModelVersion) -> str:
+    """The sha256 of `version`'s artifacts, after its files are checked against the digest
+    `promote` recorded (a version without one is taken as it is)."""
+    promoted = version.tags.get(FILES_SHA_TAG)
+    tagged = tagged_sha256(version)
+    if promoted is None and tagged:
+        return tagged
     import mlflow
-    from mlflow.models import Model
 
     uri = f"models:/{version.name}/{version.version}"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        flavor = Model.load(str(local)).flavors.get("python_function", {})
-        artifacts = {key: entry["path"] for key, entry in flavor.get("artifacts", {}).items()}
-        if not artifacts:
-            raise BranchflowError(f"{uri}: a pyfunc without artifacts; nothing to pin a sha256 of")
-        return artifacts_sha256(local, artifacts)
+        if promoted is not None and tree_sha256(local) != promoted:
+            raise BranchflowError(
+                f"{uri}: its files are not the ones promoted (their sha256 differs from its "
+                f"{FILES_SHA_TAG} tag); roll back, or promote a version again"
+            )
+        sha = tagged or served_sha256(local)
+    if sha is None:
+        raise BranchflowError(
+            f"{uri}: no {MODEL_SHA_TAG} tag and not one pyfunc artifact file, so no sha256 to "
+            "pin; register it with branchflow"
+        )
+    return sha
 
 
 def _write(out: Path, found: Pin) -> bool:

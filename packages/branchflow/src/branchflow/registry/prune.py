@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from branchflow.errors import BranchflowError
+from branchflow.registry.champion import copied_from
 from branchflow.registry.client import open_registry, registered_model, version_uri
 from branchflow.registry.register import CANDIDATE
 from branchflow.tracking import branch_experiments, mlflow_errors
@@ -48,7 +49,7 @@ def prune(
         versions = client.search_model_versions(f"name = '{names.model}'") if registered else []
         aliases = registered.aliases if registered else {}
         production = client.search_model_versions(f"name = '{names.production_model}'")
-        copied = {version.source for version in production}
+        copied = {copied_from(version) for version in production}
         keep = {
             v.version
             for v in versions
