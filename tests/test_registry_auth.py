@@ -14,11 +14,19 @@ import pytest
 import requests
 from mlflow.entities.model_registry import ModelVersion
 
-from branchflow.registry.champion import CHAMPION, FILES_SHA_TAG, LOCK_SUFFIX, SOURCE_TAG
+from branchflow.registry.champion import (
+    CHAMPION,
+    FILES_SHA_TAG,
+    LOCK_NAME_TAG,
+    LOCK_SUFFIX,
+    SOURCE_TAG,
+)
 from branchflow.registry.package import tree_sha256
 from branchflow.registry.register import CANDIDATE, register
 from branchflow.report.compare import find_champion
+from branchflow.tracking import LEASE_TAG, OWNER_TAG
 from tests.conftest import MlflowServer, branch_names, on
+from tests.test_registry_races import renamed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("registry_env")]
 ADMIN = ("admin", "admin-password-0")
@@ -178,3 +186,30 @@ def artifact_files(client: mlflow.MlflowClient, uri: str, into: Path) -> list[st
 def put_artifact(uri: str, path: str, data: bytes, auth: tuple[str, str]) -> int:
     url = f"{uri}/api/2.0/mlflow-artifacts/artifacts/{path}"
     return requests.put(url, data=data, auth=auth, timeout=30).status_code
+
+
+@pytest.mark.parametrize("lease", [None, "4102444800"])  # no tags; a lease to the year 2100
+def test_a_lock_a_pr_token_made_cannot_stop_production(
+    repo: Path, auth_server: str, monkeypatch: pytest.MonkeyPatch, lease: str | None
+) -> None:
+    """Any account may create a registered model, so `pr-bot` makes the champion lock first:
+    production's promote and rollback move past it, and it stays pr-bot's, untouched."""
+    branch = f"pr/lock-{lease or 'bare'}"
+    renamed(repo, f"lock-{lease or 'bare'}")
+    production = branch_names(repo, branch).production_model
+    as_user(monkeypatch, auth_server, "pr-bot")
+    registration = register(repo, on(branch))
+    lock = f"{production}{LOCK_SUFFIX}"
+    tags = {LEASE_TAG: lease, OWNER_TAG: "pr-bot:1"} if lease else {}
+    mlflow.MlflowClient(auth_server, auth_server).create_registered_model(lock, tags=tags)
+    release = as_user(monkeypatch, auth_server, "release")
+    candidate = f"models:/{registration.model}/{registration.version}"
+    for command in (["promote", candidate], ["rollback"]):
+        done = branchflow(repo, *command, env=on(branch, **release))
+        assert done.returncode == (0 if command[0] == "promote" else 3), done.stderr
+    assert "no earlier champion" in done.stderr  # the rollback ran, past the lock, to the end
+    client = mlflow.MlflowClient(auth_server, auth_server)
+    assert client.get_registered_model(lock).tags == tags
+    assert client.get_model_version_by_alias(production, CHAMPION).version
+    moved = client.get_registered_model(production).tags[LOCK_NAME_TAG]
+    assert moved.startswith(f"{lock}.") and not client.search_registered_models(f"name = '{moved}'")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
@@ -225,6 +226,14 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def lease_until(tags: Mapping[str, str]) -> float:
+    """The lease in `tags` (see `lease_tags`), NaN where it is missing or no number."""
+    try:
+        return float(tags.get(LEASE_TAG, "nan"))
+    except ValueError:
+        return math.nan
+
+
 def lease_tags(seconds: float) -> dict[str, str]:
     """Tags that name this process as the holder for the next `seconds`."""
     return {OWNER_TAG: owner(), LEASE_TAG: f"{time.time() + seconds:.6f}"}
@@ -232,8 +241,9 @@ def lease_tags(seconds: float) -> dict[str, str]:
 
 def holder_gone(tags: Mapping[str, str]) -> bool:
     """Whether the holder in `tags` (see `lease_tags`) is gone: its lease passed, or it was a
-    process of this host that no longer runs."""
-    if time.time() > float(tags.get(LEASE_TAG) or 0):
+    process of this host that no longer runs. A lease that is no finite number (a tag someone
+    else wrote) never held anything."""
+    if not time.time() <= lease_until(tags) < math.inf:
         return True
     host, _, pid = tags.get(OWNER_TAG, "").rpartition(":")
     if host != socket.gethostname() or not pid.isdecimal():

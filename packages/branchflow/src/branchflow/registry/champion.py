@@ -17,10 +17,14 @@ Concurrency and crashes (MLflow offers no compare-and-set, so):
   `LOCK_WAIT_S`). It carries its holder (`host:pid`), a lease and a token; a lock whose holder
   is gone (lease passed, or a dead process of this host) is deleted by the one taker that
   creates the guard `<lock>.<token>` (itself such a lock), so that no taker deletes a newer
-  lock; a holder checks it still holds the lock right before it writes. Under the lock
-  the champion and the last record must still be what the command saw when it started
-  (compare-and-set), and the alias must match the last record (else it was moved outside
-  branchflow); otherwise the command fails and moves nothing.
+  lock; a holder checks it still holds the lock right before it writes. Any account may
+  create a registered model, so a lock these credentials may not edit is foreign (a PR token
+  made it): the lock moves to a new name, recorded in the production model's `LOCK_NAME_TAG`
+  (which only production's credentials can write), and a holder also checks, before it writes,
+  that the tag still names its lock. Under the lock the champion and the last record must
+  still be what the command saw when it started (compare-and-set), and the alias must match
+  the last record (else it was moved outside branchflow); otherwise the command fails and
+  moves nothing.
 - Journal: a move is recorded as pending, then the alias moved, then the record confirmed. A
   pending record whose alias does not show its `to_version` never happened (its process died
   first): `history` and `rollback` ignore it and the next move deletes it; one whose alias
@@ -49,7 +53,7 @@ from branchflow.errors import BranchflowError
 from branchflow.registry.client import open_registry, registered_model, version_uri
 from branchflow.registry.package import DOWNLOAD_NOTE, served_sha256, tree_sha256
 from branchflow.registry.register import MODEL_ARTIFACT, MODEL_SHA_TAG
-from branchflow.tracking import LEASE_TAG, OWNER_TAG, holder_gone, lease_tags, mlflow_errors
+from branchflow.tracking import OWNER_TAG, holder_gone, lease_tags, lease_until, mlflow_errors
 from branchflow.workspace.context import Context
 from branchflow.workspace.naming import names_for
 
@@ -67,6 +71,7 @@ LOCK_LEASE_S = 60  # a move takes seconds; a holder silent for longer counts as 
 LOCK_WAIT_S = 15
 LOCK_POLL_S = 0.2
 TOKEN_TAG = "branchflow.token"  # on a lock: which taking of it this is
+LOCK_NAME_TAG = "branchflow.lock"  # on the production model: its lock's name, once moved
 SOURCE_TAG = "branchflow.source"  # on a production version: the models:/ URI it copies
 FILES_SHA_TAG = "files_sha256"  # on a production version: see `tree_sha256`
 MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
@@ -150,11 +155,6 @@ def _copy(client: MlflowClient, source: ModelVersion, production: str) -> ModelV
     from mlflow.entities import Metric
 
     source_uri = version_uri(source)
-    registered = registered_model(client, production)
-    if registered is None:
-        client.create_registered_model(production)
-    else:  # a no-op that needs production's credentials: a PR token stops here, creating nothing
-        client.update_registered_model(production, registered.description or "")
     for version in client.search_model_versions(f"name = '{production}'"):
         if copied_from(version) == source_uri:
             return version
@@ -278,6 +278,7 @@ def _moving(
 ) -> Iterator[tuple[_State, Callable[[Move], None]]]:
     """Lock `production` for one champion move; yield its state, checked unchanged since this
     command began, and the function that records and makes a move."""
+    _require_edit(client, production)
     seen = _state(client, production)
     with _lock(client, production) as confirm:
         state = _checked(client, production, seen)
@@ -290,6 +291,16 @@ def _moving(
             _record(client, key, move)
 
         yield state, write
+
+
+def _require_edit(client: MlflowClient, production: str) -> None:
+    """Create `production` if it is missing, else make a no-op edit of it: a token that may not
+    edit it (a PR build's) stops here, before it creates or locks anything."""
+    registered = registered_model(client, production)
+    if registered is None:
+        client.create_registered_model(production)
+    else:
+        client.update_registered_model(production, registered.description or "")
 
 
 def _checked(client: MlflowClient, production: str, seen: _State) -> _State:
@@ -332,20 +343,27 @@ def _state(client: MlflowClient, production: str) -> _State:
 
 @contextmanager
 def _lock(client: MlflowClient, production: str) -> Iterator[Callable[[], None]]:
-    """Hold `<production>.lock`; yield a check that it is still held (not taken over)."""
-    name = f"{production}{LOCK_SUFFIX}"
+    """Hold the lock of `production`; yield a check that it is still held (not taken over, and
+    still the lock `production` names)."""
+    name = _lock_name(client, production)
     tags = {**lease_tags(LOCK_LEASE_S), TOKEN_TAG: uuid.uuid4().hex[:12]}
     deadline = time.monotonic() + LOCK_WAIT_S
     while not _take(client, name, tags):
-        if time.monotonic() > deadline:
+        held = registered_model(client, name)
+        if held is not None and _foreign(client, held):
+            name = _rename_lock(client, production)
+        elif held is not None and holder_gone(held.tags):
+            _remove_stale(client, held, tags)
+        elif time.monotonic() > deadline:
             raise BranchflowError(_busy(client, name))
-        time.sleep(LOCK_POLL_S)
+        else:
+            time.sleep(LOCK_POLL_S)
 
     def confirm() -> None:
-        if not _holds(client, name, tags):
+        if not _holds(client, name, tags) or _lock_name(client, production) != name:
             raise BranchflowError(
-                f"{name} was taken over (this command outlived its {LOCK_LEASE_S} s lease); "
-                "nothing was moved; run again"
+                f"{name} was taken over (this command outlived its {LOCK_LEASE_S} s lease, or "
+                "another command moved the lock); nothing was moved; run again"
             )
 
     try:
@@ -355,9 +373,40 @@ def _lock(client: MlflowClient, production: str) -> Iterator[Callable[[], None]]
             client.delete_registered_model(name)
 
 
+def _lock_name(client: MlflowClient, production: str) -> str:
+    """The lock's name: `<production>.lock`, or the one `production`'s `LOCK_NAME_TAG` names
+    (which only production's credentials can set) since a foreign lock was found."""
+    registered = registered_model(client, production)
+    named = registered.tags.get(LOCK_NAME_TAG) if registered else None
+    return named or f"{production}{LOCK_SUFFIX}"
+
+
+def _foreign(client: MlflowClient, lock: RegisteredModel) -> bool:
+    """Whether `lock` is one these credentials may not edit: another account made it (any
+    account may create a registered model), so no promote or rollback ever holds it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.update_registered_model(lock.name, lock.description or "")
+    except MlflowException as exc:
+        if exc.error_code == "PERMISSION_DENIED":
+            return True
+        now = registered_model(client, lock.name)
+        if now is not None and now.tags.get(TOKEN_TAG) == lock.tags.get(TOKEN_TAG):
+            raise
+    return False  # editable, or released (and maybe taken again) meanwhile
+
+
+def _rename_lock(client: MlflowClient, production: str) -> str:
+    """Move the lock to a new name, written on `production`, past a foreign lock; the name read
+    back, since another command may have moved it too (its `confirm` then fails)."""
+    fresh = f"{production}{LOCK_SUFFIX}.{uuid.uuid4().hex[:12]}"
+    client.set_registered_model_tag(production, LOCK_NAME_TAG, fresh)
+    return _lock_name(client, production)
+
+
 def _take(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
-    """Create the lock `name`; False when another holds it (removed for the next try if its
-    holder is gone)."""
+    """Create the lock `name`; False when it exists."""
     from mlflow.exceptions import MlflowException
 
     description = "branchflow's lock for moving the champion; deleted when the move ends"
@@ -369,40 +418,26 @@ def _take(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
         # before it reads it back for its "already exists" error: held, then just released.
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             raise
-    held = registered_model(client, name)
-    if held is not None and holder_gone(held.tags):
-        _remove_stale(client, held, tags)
     return False
 
 
 def _remove_stale(client: MlflowClient, lock: RegisteredModel, tags: Mapping[str, str]) -> None:
     """Delete `lock`, whose holder is gone, while holding the lock `<lock>.<its token>`: of the
     takers that saw this lock only one deletes it, and none deletes a later lock of its name."""
+    from mlflow.exceptions import MlflowException
+
     guard = f"{lock.name}.{lock.tags.get(TOKEN_TAG, 'untokened')}"
     if not _take(client, guard, tags):
         return
     try:
         current = registered_model(client, lock.name)
         if current is not None and current.tags.get(TOKEN_TAG) == lock.tags.get(TOKEN_TAG):
-            _delete_stale(client, lock)
-    finally:
-        client.delete_registered_model(guard)
-
-
-def _delete_stale(client: MlflowClient, lock: RegisteredModel) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock.name)
+            client.delete_registered_model(lock.name)
     except MlflowException as exc:
-        if exc.error_code == "PERMISSION_DENIED":
-            raise BranchflowError(
-                f"{lock.name} is a lock left by {lock.tags.get(OWNER_TAG, 'an unknown process')}, "
-                "which is gone, and these credentials may not delete it; delete it with its "
-                "creator's or an MLflow admin's credentials"
-            ) from None
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # its holder woke up and released it
             raise
+    finally:
+        client.delete_registered_model(guard)
 
 
 def _holds(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
@@ -413,9 +448,7 @@ def _holds(client: MlflowClient, name: str, tags: Mapping[str, str]) -> bool:
 def _busy(client: MlflowClient, name: str) -> str:
     held = registered_model(client, name)
     tags = held.tags if held else {}
-    until = datetime.fromtimestamp(float(tags.get(LEASE_TAG) or 0), UTC).isoformat(
-        timespec="seconds"
-    )
+    until = datetime.fromtimestamp(lease_until(tags), UTC).isoformat(timespec="seconds")
     return (
         f"{name} is held by {tags.get(OWNER_TAG, 'another process')} (lease until {until}): "
         f"another promote or rollback is under way; run again when it has finished"
