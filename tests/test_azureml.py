@@ -424,3 +424,42 @@ def test_bad_azureml_settings_are_errors(tmp_path: Path, table: str, message: st
     (tmp_path / "pyproject.toml").write_text(table)
     with pytest.raises(BranchflowError, match=message):
         load_settings(tmp_path)
+
+
+@pytest.mark.parametrize("link", ["dependency", "out", "params"])
+def test_compile_never_reads_or_writes_through_a_link_out_of_the_repository(
+    tmp_path: Path, link: str
+) -> None:
+    """A committed symlink to a file or folder outside the repository: `compile` refuses in one
+    line, reads nothing through it (its bytes never reach a snapshot) and writes nothing."""
+    outside = tmp_path / "outside"
+    (outside / "snapshots").mkdir(parents=True)
+    (outside / "snapshots" / "keep.txt").write_text("not the repository's\n")
+    (outside / "secret.txt").write_text("root:x:0:0\n")
+    (outside / "params.yaml").write_text("lr: 0.1\n")
+    repo = tmp_path / "linked"
+    repo.mkdir()
+    (repo / "train.py").write_text("print('train')\n")
+    (repo / "params.yaml").write_text("lr: 0.1\n")
+    stage = {"cmd": "python train.py", "deps": ["train.py"], "outs": ["model.txt"]}
+    if link == "dependency":
+        (repo / "data.txt").symlink_to(outside / "secret.txt")
+        stage["deps"].append("data.txt")
+    elif link == "params":
+        (repo / "params.yaml").unlink()
+        (repo / "params.yaml").symlink_to(outside / "params.yaml")
+        stage["params"] = [{"params.yaml": None}]  # the whole file: read as it is
+    else:
+        (repo / "pipelines").mkdir()
+        (repo / OUT).symlink_to(outside)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+    (repo / "pyproject.toml").write_text('[project]\nname = "linked"\ndependencies = ["pyyaml"]\n')
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    init_repo(repo)
+    before = md5_tree(outside)
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.output
+    assert "a symlink leads out of the repository" in result.stderr
+    assert md5_tree(outside) == before
+    assert not list(repo.rglob("snapshots"))

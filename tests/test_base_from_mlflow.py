@@ -17,6 +17,7 @@ from branchflow.cli import main
 from branchflow.registry.register import register
 from branchflow.report.compare import compare, open_dvc, resolve_base
 from branchflow.report.document import write_report
+from branchflow.tracking import BRANCH_TAG, PROJECT_TAG
 from tests.conftest import built_repo, hide_ci_variables, sh
 from tests.pyfunc_project import METRICS, make_pyfunc_repo
 
@@ -129,9 +130,38 @@ def test_without_a_run_of_the_base_commit_the_gate_says_what_was_searched(
     assert result.output.splitlines()[1] == (
         f"FAIL: max_drop_vs_base rules cannot be checked: the base's metrics ({METRICS} at main, "
         f"{main_sha}) are in neither git, this DVC cache, its remote nor a finished `branchflow "
-        "register` run of that commit from a clean workspace in MLflow at "
+        "register` run of that commit from a clean workspace in the main or dev branch's "
+        "experiment in MLflow at "
         f"sqlite:///{repo.resolve() / 'mlflow.db'}: run `dvc fetch --all-branches --type "
         "metrics` with the remote that holds them, or `dvc push` or `branchflow register` from "
         "the base's build"
     )
     assert "first run" not in result.output
+
+
+def test_a_run_of_the_base_commit_outside_the_base_builds_experiments_is_not_the_base(
+    registered: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any token may log a run tagged with main's commit, newer and better for its branch, in an
+    experiment it made and tagged as the project's: the gate still judges against the run of
+    main's own build, and says which run that was."""
+    import mlflow
+
+    repo = branch(registered, tmp_path, 0.8)  # accuracy 0.75 against main's 1.0
+    real = (registered.parent / "run_id.txt").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    trusted = client.get_run(real)
+    forged = client.create_experiment(
+        "training_threshold_pr-7", tags={PROJECT_TAG: "threshold", BRANCH_TAG: "pr-7"}
+    )
+    run = client.create_run(forged, tags=dict(trusted.data.tags))
+    client.log_metric(run.info.run_id, "model.accuracy", 0.75)
+    client.set_terminated(run.info.run_id)
+    monkeypatch.chdir(repo)
+    result = CliRunner().invoke(main, ["gate", "--base", "main"])
+    assert result.exit_code == 1, result.output
+    assert "got worse by 0.2500 vs main (1.0000 → 0.7500)" in result.output
+    experiment = client.get_experiment(trusted.info.experiment_id).name
+    assert f"note: main's metrics: MLflow run `{real}` in experiment `{experiment}`" in (
+        result.output.splitlines()
+    )

@@ -167,6 +167,12 @@ def many_figures(artifact: Path) -> None:
     edit(artifact, put("plots", 0, "images", value=[image] * (render.MAX_FIGURES + 1)))
 
 
+def failed(document: dict[str, Any]) -> None:
+    """The verdict of a gate that said no: a failing check, and passed false."""
+    document["verdict"]["checks"][0]["passed"] = False
+    document["verdict"]["passed"] = False
+
+
 def on_document(*keys: str | int, value: Any) -> Callable[[Path], None]:
     return lambda artifact: edit(artifact, put(*keys, value=value))
 
@@ -241,9 +247,15 @@ CRAFTED = {
     "forged pass on a failed run": (lambda artifact: None, "ended in failure"),
     "forged pass with exit 1": (gate_exit("1\n"), "verdict says passed but the gate exited 1"),
     "forged fail with exit 0": (
-        on_document("verdict", "passed", value=False),
+        lambda artifact: edit(artifact, failed),
         "verdict says failed but the gate exited 0",
     ),
+    "verdict its checks contradict": (
+        on_document("verdict", "checks", 0, "passed", value=False),
+        "verdict: says passed, which its checks contradict",
+    ),
+    "gate exit past 255": (gate_exit("999\n"), "not an exit status"),
+    "nested too deep": (raw_json('"pr": 7', '"pr": ' + "[" * 990 + "]" * 990), "not a JSON"),
     "gate exit not a number": (gate_exit("0;id\n"), "not an exit status"),
     "no gate exit": (lambda artifact: (artifact / "gate-exit.txt").unlink(), "gate-exit.txt"),
     # numbers and schema
@@ -323,7 +335,7 @@ def test_a_broken_gate_heads_the_comment_whatever_the_verdict(
 
 
 def test_a_failed_gate_heads_the_comment(artifact: Path, tmp_path: Path) -> None:
-    edit(artifact, put("verdict", "passed", value=False))
+    edit(artifact, failed)
     (artifact / "gate-exit.txt").write_text("1\n")
     out = tmp_path / "comment" / "report.md"
     assert post(artifact, out, "failure") == 0
@@ -391,3 +403,29 @@ def test_the_dev_comment_job_renders_the_artifact(artifact: Path, tmp_path: Path
     markdown = (runner / "comment" / "report.md").read_text()
     assert links(html_of(markdown)) == ([RUN_URL], [f"report_files/{FIGURE}"])
     assert (runner / "comment" / "report_files" / FIGURE).is_file()
+
+
+def test_a_report_past_githubs_comment_limit_keeps_the_gated_metrics_and_says_what_it_left_out(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """2,000 metrics (the schema's most) would not fit in one comment: the rows that do, the
+    gated ones first, and a line with the count of the others; no name inside HTML."""
+
+    def change(document: dict[str, Any]) -> None:
+        gated = document["metrics"][0]
+        extra = {**gated, "gated": False, "value": 0.5, "base": 0.5, "change": 0.0}
+        rest = [{**extra, "name": f"stage_{i:04d}.per_class.metric_{i:04d}"} for i in range(1999)]
+        document["metrics"] = [gated, *rest]
+        document["base"]["ref"] = "octo-org/toy#1 @octocat"
+
+    edit(artifact, change)
+    out = tmp_path / "comment" / "report.md"
+    assert post(artifact, out) == 0
+    markdown = out.read_text()
+    assert len(markdown) <= render.MAX_COMMENT < 65_536
+    (note,) = [line for line in markdown.splitlines() if "metrics not shown" in line]
+    shown = markdown.count("| `stage_")
+    assert note.startswith(f"{1999 - shown} metrics not shown") and 0 < shown < 1999
+    assert "| `model.f1` |" in markdown  # the gated metric
+    (summary,) = [line for line in markdown.splitlines() if "<summary>" in line]
+    assert "@" not in summary and "#1" not in summary

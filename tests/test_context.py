@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -588,6 +589,23 @@ def test_settings_errors_name_the_file_and_key(tmp_path: Path, table: str, messa
     with pytest.raises(BranchflowError, match=message) as caught:
         load_settings(tmp_path)
     assert str(tmp_path / "pyproject.toml") in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.write_bytes(b"[tool.branchflow]\nbase_name = '\xff'\n"), "not UTF-8"),
+        (lambda path: path.mkdir(), "not a regular file"),
+        (lambda path: path.symlink_to("/dev/zero"), "not a regular file"),
+    ],
+)
+def test_a_pyproject_that_is_no_readable_file_is_one_line(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    make(tmp_path / "pyproject.toml")
+    with pytest.raises(BranchflowError, match=message) as caught:
+        load_settings(tmp_path)
     assert "\n" not in str(caught.value)
 
 

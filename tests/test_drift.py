@@ -159,13 +159,17 @@ def test_bad_settings_are_errors(project: Path, table: str, message: str) -> Non
         ('{"a": {}, "b": []}', "holds no statistics"),
         ('{"a": 1, "a": 2}', "not a readable JSON file (key 'a' given twice)"),
         ('{"a.b": 1, "a": {"b": 2}}', "the statistic a.b is there twice"),
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deep"),
+        ("/dev/zero", "not a regular file"),
     ],
 )
 def test_bad_statistics_files_are_one_line_errors(
     stats: dict[str, Path], project: Path, content: str | None, message: str
 ) -> None:
     current = project / "current.json"
-    if content is not None:
+    if content == "/dev/zero":
+        current.symlink_to(content)
+    elif content is not None:
         current.write_text(content)
     result = drift(project, stats["reference"], current)
     assert result.returncode == 3

@@ -361,3 +361,21 @@ def test_the_example_champion_maps_the_defects_of_a_frame_stack(
             (int(r["y"]), int(r["x"])) for r in csv.DictReader(handle) if r["video"] == "vid0000"
         ]
     assert truth and sum(found[y, x] > 0 for y, x in truth) >= 0.8 * len(truth)
+
+
+@pytest.mark.parametrize("record", ["not json", '{"action": "promote"}', "[1]", "[" * 5000])
+def test_a_move_record_branchflow_did_not_write_is_one_line(
+    repo: Path, client: mlflow.MlflowClient, record: str
+) -> None:
+    from tests.test_registry_races import renamed
+
+    branch = "crafted/moves"
+    renamed(repo, f"crafted-{hashlib.sha256(record.encode()).hexdigest()[:8]}")
+    production = branch_names(repo, branch).production_model
+    client.create_registered_model(production, tags={"branchflow.move.20260101T000000Z.x": record})
+    for command in (history, rollback):
+        with pytest.raises(
+            BranchflowError, match="is not a move record branchflow wrote"
+        ) as caught:
+            command(repo, env=on(branch))
+        assert "\n" not in str(caught.value)

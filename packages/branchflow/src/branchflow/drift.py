@@ -23,6 +23,7 @@ from branchflow.errors import BranchflowError
 from branchflow.settings import DRIFT_SECTION, DriftSettings, load_settings
 from branchflow.workspace.context import append_github_file
 
+MAX_STATS_BYTES = 64 * 1024 * 1024
 Leaf = float | str | bool | None
 
 
@@ -105,16 +106,24 @@ class Drift:
 
 def read_stats(path: Path) -> dict[str, Leaf]:
     """A statistics file: a JSON object, flattened to `dotted.name -> leaf`."""
+    if not path.exists():
+        raise BranchflowError(f"{path}: not found; write the data statistics first")
     try:
+        if not path.is_file() or path.stat().st_size > MAX_STATS_BYTES:
+            raise BranchflowError(
+                f"{path}: not a regular file of at most {MAX_STATS_BYTES} bytes; write the data "
+                "statistics there"
+            )
         document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
-    except FileNotFoundError:
-        raise BranchflowError(f"{path}: not found; write the data statistics first") from None
+        if not isinstance(document, dict):
+            raise BranchflowError(f"{path}: must be a JSON object of statistic name -> value")
+        flat = list(_flatten(document))
     except (OSError, ValueError) as exc:
         raise BranchflowError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict):
-        raise BranchflowError(f"{path}: must be a JSON object of statistic name -> value")
+    except RecursionError:
+        raise BranchflowError(f"{path}: nested too deep to be statistics; flatten it") from None
     stats: dict[str, Leaf] = {}
-    for name, value in _flatten(document):
+    for name, value in flat:
         if name in stats:
             raise BranchflowError(f"{path}: the statistic {name} is there twice; rename one")
         stats[name] = value

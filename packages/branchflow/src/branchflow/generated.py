@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from branchflow.files import write_atomic
+from branchflow.files import inside, write_atomic
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Plan:
 
     def changes(self, root: Path) -> list[str]:
         """The paths whose text on disk differs from the plan, stale ones included."""
-        differ = (path for path, text in self.files.items() if _read(root / path) != text)
+        differ = (path for path, text in self.files.items() if _read(root, path) != text)
         return sorted({*self.stale, *differ})
 
     def diff(self, root: Path) -> str:
@@ -34,6 +34,8 @@ class Plan:
     def apply(self, root: Path) -> list[str]:
         """Delete the stale files and write the changed ones; return what changed."""
         changed = self.changes(root)
+        for path in changed:
+            inside(root, root / path)
         for path in self.stale:
             (root / path).unlink()
         for path in changed:
@@ -47,7 +49,7 @@ def diff_texts(root: Path, files: Mapping[str, str | None]) -> str:
     None: the file goes); empty when they agree."""
     chunks: list[str] = []
     for path in sorted(files):
-        new, old = files[path], _read(root / path)
+        new, old = files[path], _read(root, path)
         chunks += difflib.unified_diff(
             (old or "").splitlines(keepends=True),
             (new or "").splitlines(keepends=True),
@@ -57,5 +59,6 @@ def diff_texts(root: Path, files: Mapping[str, str | None]) -> str:
     return "".join(chunks)
 
 
-def _read(path: Path) -> str | None:
-    return path.read_text(encoding="utf-8") if path.is_file() else None
+def _read(root: Path, path: str) -> str | None:
+    file = inside(root, root / path)
+    return file.read_text(encoding="utf-8") if file.is_file() else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import stat
 import string
 import tomllib
 from collections.abc import Mapping
@@ -360,12 +361,26 @@ def _pipeline_names(path: Path, table: object) -> dict[str, str]:
     return dict(names)
 
 
+MAX_PYPROJECT_BYTES = 1024 * 1024
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at `path` ({} if there is none), read only from a regular file of at
+    most `MAX_PYPROJECT_BYTES` in UTF-8 (a link to a device must not hang the read)."""
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        info = path.stat()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise BranchflowError(f"{path}: cannot be read ({exc.strerror}); fix the file") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PYPROJECT_BYTES:
+        raise BranchflowError(
+            f"{path}: not a regular file of at most {MAX_PYPROJECT_BYTES} bytes; make it one"
+        )
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BranchflowError(f"{path}: not UTF-8 ({exc.reason}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise BranchflowError(f"{path}: invalid TOML ({exc}); fix the syntax") from exc
 

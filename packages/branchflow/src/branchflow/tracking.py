@@ -202,12 +202,6 @@ def branch_experiments(
     return [e for e in _active_experiments(client) if ours(e.tags, e.name)]
 
 
-def project_experiments(client: MlflowClient, project: str) -> list[str]:
-    """The ids of the active experiments `ensure_experiment` tagged as `project`'s."""
-    found = _active_experiments(client)
-    return [e.experiment_id for e in found if e.tags.get(PROJECT_TAG) == project]
-
-
 def _active_experiments(client: MlflowClient) -> Iterator[Any]:
     """Every active experiment on the server, page by page."""
     from mlflow.entities import ViewType

@@ -22,6 +22,7 @@ import yaml
 
 from branchflow.azureml import wrapper
 from branchflow.errors import BranchflowError
+from branchflow.files import inside
 from branchflow.workspace.dag import Dag, ParamsFile, Step
 from branchflow.workspace.git import git
 
@@ -31,7 +32,7 @@ WRAPPER_FILE = "branchflow_wrapper.py"
 
 def snapshot_files(root: Path, step: Step) -> dict[str, bytes]:
     """The content of `step`'s code snapshot, by path from the repository root."""
-    files = {path: (root / path).read_bytes() for path in _dependency_files(root, step)}
+    files = {path: inside(root, root / path).read_bytes() for path in _dependency_files(root, step)}
     for params in step.params:
         files[params.path] = _params_bytes(root, params)
     if WRAPPER_FILE in files:
@@ -45,7 +46,7 @@ def snapshot_files(root: Path, step: Step) -> dict[str, bytes]:
 
 def write_snapshots(root: Path, out: str, dag: Dag) -> None:
     """Write every step's snapshot under `root/out/snapshots/`, replacing what was there."""
-    folder = root / out / SNAPSHOTS
+    folder = inside(root, root / out / SNAPSHOTS)
     shutil.rmtree(folder, ignore_errors=True)
     for step in dag.steps:
         for path, content in snapshot_files(root, step).items():
@@ -73,7 +74,7 @@ def _dependency_files(root: Path, step: Step) -> Iterator[str]:
 def _params_bytes(root: Path, params: ParamsFile) -> bytes:
     """The params file as the node gets it: only the declared keys, when they are known."""
     if params.values is None:
-        return (root / params.path).read_bytes()
+        return inside(root, root / params.path).read_bytes()
     if params.path.endswith(".json"):
         return (json.dumps(params.values, indent=2, sort_keys=True) + "\n").encode()
     return yaml.safe_dump(params.values, sort_keys=True).encode()

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from branchflow.errors import BranchflowError
 from branchflow.registry.client import open_registry, registered_model, version_uri
@@ -332,13 +332,31 @@ def _state(client: MlflowClient, production: str) -> _State:
     tags = registered.tags if registered else {}
     alias = registered.aliases.get(CHAMPION) if registered else None
     records = [
-        (key, json.loads(tags[key])) for key in sorted(tags) if key.startswith(MOVE_TAG_PREFIX)
+        (key, _record_of(production, key, tags[key]))
+        for key in sorted(tags)
+        if key.startswith(MOVE_TAG_PREFIX)
     ]
     moves = tuple((key, Move(**{k: v for k, v in r.items() if k != PENDING})) for key, r in records)
     pending = moves[-1] if records and records[-1][1].get(PENDING) else None
     if pending and alias != pending[1].to_version:  # its process died before moving the alias
         moves = moves[:-1]
     return _State(alias, moves, pending)
+
+
+def _record_of(production: str, key: str, text: str) -> dict[str, Any]:
+    """The move record in the tag `key` of `production`; an error when it is not one that
+    branchflow wrote."""
+    fields = {field.name for field in dataclasses.fields(Move)}
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict) or set(record) - {PENDING} != fields:
+        raise BranchflowError(
+            f"{production}'s tag {key} is not a move record branchflow wrote; delete it (MLflow "
+            "UI or delete_registered_model_tag) with production's credentials, then run again"
+        )
+    return record
 
 
 @contextmanager

@@ -3,7 +3,6 @@ keeping what production or an alias still needs."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from branchflow.registry.champion import copied_from
 from branchflow.registry.client import open_registry, registered_model, version_uri
 from branchflow.registry.register import CANDIDATE
 from branchflow.tracking import branch_experiments, mlflow_errors
-from branchflow.workspace.naming import names_for, slugify
+from branchflow.workspace.naming import names_on
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,7 @@ def prune(
     if not branch.strip():
         raise BranchflowError("--branch is empty; name the merged or deleted branch")
     settings, context, store, client = open_registry(root, env)
-    gone = dataclasses.replace(context, branch=branch, branch_slug=slugify(branch))
-    names = names_for(gone, settings)
+    names = names_on(context, settings, branch)
     with mlflow_errors(store):
         registered = registered_model(client, names.model)
         versions = client.search_model_versions(f"name = '{names.model}'") if registered else []

@@ -85,6 +85,7 @@ class Comparison:
     invalid: Mapping[str, str] = field(default_factory=dict)
     base_missing: str | None = None
     base_run: str | None = None
+    base_experiment: str | None = None  # the experiment of `base_run`
 
 
 @dataclass(frozen=True)
@@ -190,13 +191,14 @@ def compare(
             if (path, name) not in rows and old is not None:
                 rows[path, name] = (None, old, None)
     names = _row_names(rows, bad)
-    missing = run_id = None
+    missing = run_id = experiment = None
     if base is not None and lost:
         store = configured_store(root, env) if production_model else None
-        run = find_base_run(root, store, base.commit) if store else None
+        found = find_base_run(root, store, base.commit, env) if store else None
+        run = found[0] if found else None
         filled = _with_base(rows, names, run.data.metrics) if run else rows
-        if run and filled != rows:
-            rows, run_id = filled, run.info.run_id
+        if found and filled != rows:
+            rows, run_id, experiment = filled, found[0].info.run_id, found[1]
         else:
             missing = _unreadable(base, lost, _searched(store, run) if store else None)
     metrics = tuple(Metric(names[key], *row) for key, row in rows.items())
@@ -214,6 +216,7 @@ def compare(
         invalid={names[path, name]: f"{what} in {path}" for (path, name), what in bad.items()},
         base_missing=missing,
         base_run=run_id,
+        base_experiment=experiment,
     )
 
 
@@ -252,32 +255,39 @@ def configured_store(root: Path, env: Mapping[str, str]) -> Store | None:
     return store_for(root, env)
 
 
-def find_base_run(root: Path, store: Store, commit: str) -> Run | None:
+def find_base_run(
+    root: Path, store: Store, commit: str, env: Mapping[str, str]
+) -> tuple[Run, str] | None:
     """The newest finished run that `branchflow register` logged for `commit` from a clean
-    workspace, in an experiment of this project (tagged with its base name); None if none."""
+    workspace, and its experiment's name; None if none. Only the experiments of the builds of
+    `main_branch` and `dev_branch` count: any token may log a run tagged with any commit in an
+    experiment of its own, but only those builds write theirs (see docs/registry.md)."""
     from mlflow.entities import ViewType
 
     from branchflow.settings import load_settings
-    from branchflow.tracking import (
-        COMMIT_TAG,
-        DIRTY_TAG,
-        connect,
-        mlflow_errors,
-        project_experiments,
-    )
+    from branchflow.tracking import COMMIT_TAG, DIRTY_TAG, connect, mlflow_errors
+    from branchflow.workspace.context import resolve_context
+    from branchflow.workspace.naming import names_on
 
     query = (
         f"tags.{COMMIT_TAG} = '{commit}' and tags.{DIRTY_TAG} = 'false' "
         "and attributes.status = 'FINISHED'"
     )
     newest = ["attributes.start_time DESC"]
+    settings = load_settings(root)
+    context = resolve_context(root, env, settings)
+    branches = dict.fromkeys((settings.main_branch, settings.dev_branch))
+    trusted = [names_on(context, settings, branch).experiment for branch in branches]
     client = connect(store)
     with mlflow_errors(store):
-        experiments = project_experiments(client, load_settings(root).base_name)
+        found = [client.get_experiment_by_name(name) for name in trusted]
+        experiments = {
+            e.experiment_id: e.name for e in found if e and e.lifecycle_stage == "active"
+        }
         if not experiments:
             return None
-        runs = client.search_runs(experiments, query, ViewType.ACTIVE_ONLY, 1, newest)
-    return runs[0] if runs else None
+        runs = client.search_runs(list(experiments), query, ViewType.ACTIVE_ONLY, 1, newest)
+    return (runs[0], experiments[runs[0].info.experiment_id]) if runs else None
 
 
 def _searched(store: Store, run: Run | None) -> str:
@@ -285,7 +295,7 @@ def _searched(store: Store, run: Run | None) -> str:
     if run is None:
         return (
             "a finished `branchflow register` run of that commit from a clean workspace in "
-            f"MLflow at {store.uri}"
+            f"the main or dev branch's experiment in MLflow at {store.uri}"
         )
     return (
         f"MLflow run {run.info.run_id} of that commit at {store.uri}, which has none of this "

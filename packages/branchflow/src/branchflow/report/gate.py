@@ -107,6 +107,9 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
         else:
             found = {m.name: m.base for m in comparison.metrics if m.base is not None}
             _drops(gate, gate.max_drop_vs_base, current, found, base.ref, checks, notes)
+    if base is not None and comparison.base_run:
+        run, experiment = comparison.base_run, comparison.base_experiment
+        notes.append(f"{base.ref}'s metrics: MLflow run `{run}` in experiment `{experiment}`")
     if gate.max_drop_vs_champion:
         if champion is None:
             notes.append(f"no champion: {comparison.champion_missing}; champion rules skipped")

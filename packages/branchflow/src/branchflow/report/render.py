@@ -19,7 +19,6 @@ conclusion and the document's verdict, so a forged "passed" on a failed run is r
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import math
 import os
@@ -41,6 +40,8 @@ MAX_FIGURES = 32
 MAX_ITEMS = 2000  # entries in any list of the document
 MAX_NAME = 200
 MAX_TEXT = 1000
+# GitHub refuses a comment over 65,536 characters; leave room for CML's watermark and link.
+MAX_COMMENT = 60_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Metrics are stored rounded, so a drop of exactly the tolerance may come out a hair above it.
@@ -61,7 +62,7 @@ VERSION = re.compile(r"[0-9]{1,10}")
 RUN_URL = re.compile(
     r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.-]+){2}/actions/runs/[0-9]+"
 )
-GATE_EXIT = re.compile(r"[0-9]{1,3}\n?")
+GATE_EXIT = re.compile(r"(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})\n?")  # 0-255, as a shell exits
 MAX_PR = 10**10
 CONCLUSIONS = ("success", "failure")
 
@@ -262,7 +263,12 @@ def validate(document: Any, where: str = "report.json") -> dict[str, Any]:
             f"{_shown(document['schema'])} is not {SCHEMA}: render it with the branchflow "
             "that wrote it (rebase the pull request on the default branch)",
         )
-    return _DOCUMENT(document, where)
+    checked = _DOCUMENT(document, where)
+    verdict = checked["verdict"]
+    if verdict["passed"] != all(check["passed"] for check in verdict["checks"]):
+        said = "passed" if verdict["passed"] else "failed"
+        _fail(f"{where}.verdict", f"says {said}, which its checks contradict")
+    return checked
 
 
 def clean_name(text: str) -> str:
@@ -397,11 +403,27 @@ def render(
         _fail(
             "run URL", f"{_shown(run_url)} is not https://<host>/<owner>/<repo>/actions/runs/<id>"
         )
+    metrics = list(document["metrics"])
+    while True:
+        markdown = _markdown(document, metrics, folder, gate_exit, run_url)
+        if len(markdown) <= MAX_COMMENT or not metrics:
+            return markdown
+        # GitHub's limit: drop the last rows (ungated ones go after the gated), a tenth a time
+        metrics = metrics[: len(metrics) - max(1, len(metrics) // 10)]
+
+
+def _markdown(
+    document: Mapping[str, Any],
+    metrics: list[Mapping[str, Any]],
+    folder: str,
+    gate_exit: int | None,
+    run_url: str | None,
+) -> str:
     base = document["base"]
     sections = [
         _verdict_section(document, gate_exit),
         _header_section(document, run_url),
-        _metrics_section(document),
+        _metrics_section(document, metrics),
         _params_section(document["params"], base) if base else "",
         _plots_section(document, folder),
         _stages_section(document["stages"], base) if base else "",
@@ -482,7 +504,9 @@ def _header_section(document: Mapping[str, Any], run_url: str | None) -> str:
     return "\n".join(_table(["branch", "base", "data (DVC md5)", "run"], [row]))
 
 
-def _metrics_section(document: Mapping[str, Any]) -> str:
+def _metrics_section(document: Mapping[str, Any], metrics: list[Mapping[str, Any]]) -> str:
+    """The metrics table; `metrics` are the document's, or their first ones where all of them
+    would not fit in a comment."""
     base, champion = document["base"], document["champion"]
     found = bool(base and base["metrics_found"])
     headers = ["metric", "this branch"]
@@ -492,7 +516,7 @@ def _metrics_section(document: Mapping[str, Any]) -> str:
         headers += [f"champion v{champion['version']}", "vs champion"]
     lead: list[list[str]] = []
     rest: list[list[str]] = []
-    for metric in document["metrics"]:  # gated first, in the gate's order
+    for metric in metrics:  # gated first, in the gate's order
         changed = metric["change"] is None or abs(metric["change"]) > EPSILON
         shown = metric["gated"] or (found and changed)
         (lead if shown else rest).append(_metric_row(metric, document))
@@ -500,9 +524,17 @@ def _metrics_section(document: Mapping[str, Any]) -> str:
         lead, rest = rest, []
     lines = ["### Metrics", "", *_table(headers, lead)]
     if rest:
-        unchanged = f", unchanged vs {html.escape(base['ref'])}" if found else ""
+        # no names in HTML: GitHub links @mentions and owner/repo#1 there, even escaped
+        unchanged = ", unchanged vs the base" if found else ""
         lines += ["", f"<details><summary>{len(rest)} more metrics{unchanged}</summary>", ""]
         lines += [*_table(headers, rest), "", "</details>"]
+    hidden = len(document["metrics"]) - len(metrics)
+    if hidden:
+        lines += [
+            "",
+            f"{hidden} metrics not shown: the comment would pass GitHub's limit of 65,536 "
+            "characters; `report.json` in the run's artifact holds every one.",
+        ]
     if base and base["metrics_missing"]:
         missing = _sentence(base["metrics_missing"])
         lines += ["", f"{_code(base['ref'])}'s metrics could not be read: {missing}."]

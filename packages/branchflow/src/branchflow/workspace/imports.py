@@ -160,7 +160,7 @@ def _imports(path: Path, roots: list[Path], top: Path) -> Iterator[Path]:
     """The local files that the imports of the Python file at `path` load."""
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         where = path.relative_to(top).as_posix()
         raise BranchflowError(f"cannot read the Python file {where}: {exc}") from exc
     for node in ast.walk(tree):

@@ -24,6 +24,7 @@ So names use lowercase `[a-z0-9_-]`, start with a letter or digit and stay withi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import Counter
@@ -112,6 +113,12 @@ def names_for(context: Context, settings: Settings, pipeline_type: str = "traini
             "production model's name; rename the branch, or change [tool.branchflow] name_pattern"
         )
     return names
+
+
+def names_on(context: Context, settings: Settings, branch: str) -> Names:
+    """The names of the builds of `branch` (another branch than `context`'s)."""
+    other = dataclasses.replace(context, branch=branch, branch_slug=slugify(branch))
+    return names_for(other, settings)
 
 
 def qualified_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
