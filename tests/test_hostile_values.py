@@ -58,6 +58,7 @@ def settings(value: str) -> str:
         branchflow = ""
         renderer = {v}
         python = {v}
+        env = {{ PYTHONPATH = {v} }}
         [tool.branchflow.ci.pipelines.training]
         dev_remote = {v}
         dev_pull = [{v}]
@@ -163,6 +164,8 @@ def test_a_hostile_value_reaches_the_builds_as_data(
     assert setup["runs"]["steps"][0]["with"]["python-version"] == value
     retrain = yaml.safe_load((repo / ".github/workflows/retrain.yml").read_text())
     assert retrain["env"]["DATA"] == retrain["env"]["REFERENCE"] == value
+    pr = yaml.safe_load((repo / ".github/workflows/pr-training.yml").read_text())
+    assert pr["jobs"]["pipeline"]["env"]["PYTHONPATH"] == value
     comment = (repo / ".github/workflows/pr-comment.yml").read_text()
     steps = yaml.safe_load(comment)["jobs"]["comment"]["steps"]
     assert steps[0]["with"]["sparse-checkout"] == value

@@ -5,6 +5,7 @@ PR builds, register, report, gate, promote and `azureml compile`: real git, DVC 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -22,6 +23,7 @@ from branchflow.ci.init import detect
 from tests.conftest import ROOT, branchflow, hide_ci_variables, init_repo, sh
 from tests.sklearn_project import DATA, ROWS, make_sklearn_repo
 from tests.test_pipelines import github_glob
+from tests.test_remote import azurite, connection_string  # noqa: F401 (a fixture)
 from tests.test_workflows import (
     actionlint,
     checkout_pull_request,
@@ -296,6 +298,31 @@ def test_the_generated_workflows_pass_actionlint_and_zizmor(
     assert_lints_clean(github, workflows, personas=((), ("--persona", "auditor")))
 
 
+def test_the_builds_take_the_projects_env_secrets_and_setup(initialised: Path) -> None:
+    """`[tool.branchflow.ci] env`, `secrets` and `setup` reach every job that runs a pipeline
+    (secrets only those in an environment) and the setup action; the linters stay clean."""
+    pyproject = initialised / "pyproject.toml"
+    table = "env = { PYTHONPATH = 'src' }\nsecrets = ['AWS_ROLE_ARN']\n"
+    table += "setup = ['sudo apt-get update']\n"
+    pyproject.write_text(pyproject.read_text().replace("lint = []\n", f"lint = []\n{table}"))
+    assert init(initialised).returncode == 0
+    github = initialised / ".github"
+    secret = "${{ secrets.AWS_ROLE_ARN }}"
+    for name, workflow in workflows(initialised).items():
+        for job_name, job in workflow["jobs"].items():
+            runs = " ".join(step.get("run", "") for step in job.get("steps", []))
+            env = job.get("env", {})
+            if "dvc repro" in runs or "dvc exp run" in runs or "azureml submit" in runs:
+                assert env.get("PYTHONPATH") == "src", (name, job_name)
+                assert env.get("AWS_ROLE_ARN") == secret, (name, job_name)
+            if "environment" not in job:
+                assert "AWS_ROLE_ARN" not in env, (name, job_name)
+    assert workflows(initialised)["pr.yml"]["jobs"]["checks"]["env"] == {"PYTHONPATH": "src"}
+    setup = load(github / "actions/setup/action.yml")["runs"]["steps"]
+    assert [step.get("run") for step in setup].index("sudo apt-get update") == 1
+    assert_lints_clean(github, sorted((github / "workflows").glob("*.yml")))
+
+
 def assert_lints_clean(
     github: Path, workflows: list[Path], personas: tuple[tuple[str, ...], ...] = AUDITOR
 ) -> None:
@@ -444,6 +471,10 @@ def test_init_refuses_what_is_not_a_dvc_project_and_broken_toml(tmp_path: Path) 
         ("lint = []", "lint = []\ngpu_runner.cloud = 'ibm'", "cloud must be one of aws, azure,"),
         ("lint = []", "lint = []\ngpu_runner.region = '${{ x }}'", "region must be a cloud's"),
         ("lint = []", "lint = []\ngpu_runner.hdd_size = 0", "hdd_size must be a whole number"),
+        ("lint = []", "lint = []\nsecrets = ['$(x)']", "'$(x)' is no environment variable name"),
+        ("lint = []", "lint = []\nenv = { GITHUB_TOKEN = 'x' }", "not starting with a digit or"),
+        ("lint = []", "lint = []\nenv = { DATA = 'x' }", "DATA is set by branchflow's jobs"),
+        ("lint = []", "lint = []\nenv = { A = 'x' }\nsecrets = ['A']", "A in both env and"),
     ],
 )
 def test_a_bad_ci_setting_stops_init_in_one_line(
@@ -656,3 +687,52 @@ def render_comment(repo: Path, runner: Path, wheel: Path) -> str:
     assert results[-1].returncode == 0, results[-1].stdout + results[-1].stderr
     assert (runner / "output").read_text() == "pr=7\n"
     return (runner / "comment/report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.e2e
+def test_the_main_build_pushes_what_the_next_pull_request_compares_with(
+    tmp_path: Path,
+    azurite: int,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DVC's example-get-started keeps its metrics in DVC's cache, so a PR's base metrics are
+    only readable from the default remote. main.yml's steps, run as GitHub runs them on the
+    merged commit, push them there (Azurite stands in for Azure Blob); a fresh clone's PR then
+    reproduces and its gate compares with main's metrics."""
+    hide_ci_variables(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = make_sklearn_repo(tmp_path / "sklearn" / "repo", cached_metrics=True)
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text() + "\n[tool.branchflow.gate.max_drop_vs_base]\naccuracy = 0.5\n"
+    )
+    sh("dvc", "remote", "add", "-q", "-d", "azure", "azure://branchflow/sklearn", cwd=repo)
+    assert branchflow("init", cwd=repo).returncode == 0
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "CI from branchflow init, an Azure Blob remote", cwd=repo)
+    github = repo / ".github"
+    job = load(github / "workflows/main.yml")["jobs"]["training"]
+    runs = [step["run"] for step in job["steps"] if "run" in step]
+    pushed = ["dvc repro", "dvc push --run-cache", "branchflow register"]
+    assert runs == [f"dvc pull {DATA}.dvc", *pushed]
+    blob = {"AZURE_STORAGE_CONNECTION_STRING": connection_string(azurite)}
+    env = {**os.environ, **blob, "GITHUB_ACTIONS": "true", "GITHUB_REF_NAME": "main"}
+    contexts = {"secrets": {}}
+    first, last = "Pull the data", "Register the model"
+    results = run_job("main.yml", "training", first, last, repo, env, contexts, github)
+    assert results[-1].returncode == 0, results[-1].stderr
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    sh("git", "checkout", "-q", "-b", "feature", cwd=clone)
+    params = clone / "params.yaml"
+    params.write_text(params.read_text().replace("C: 1.0", "C: 2.0"))
+    pr = {**os.environ, **blob}
+    for command in (["dvc", "pull", "-q", f"{DATA}.dvc"], ["dvc", "repro", "-q"]):
+        done = subprocess.run(command, cwd=clone, env=pr, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    gate = subprocess.run(
+        ["branchflow", "gate", "--base", "main"], cwd=clone, env=pr, capture_output=True, text=True
+    )
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert "ok: `accuracy` vs main" in gate.stdout and "cannot be checked" not in gate.stdout

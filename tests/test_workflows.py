@@ -141,6 +141,7 @@ def test_the_workflows_exist() -> None:
         "pr-scoring.yml",
         "pr-comment.yml",
         "dev.yml",
+        "main.yml",
         "retrain.yml",
         "promote.yml",
         "release.yml",  # hand-written: the toolkit's own release

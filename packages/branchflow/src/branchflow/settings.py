@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from branchflow import __version__
 from branchflow.errors import BranchflowError
@@ -191,6 +191,22 @@ class DriftSettings:
 
 
 CI_SECTION = "[tool.branchflow.ci]"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_ENV = frozenset(  # what the generated jobs set themselves
+    {
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_TOKEN",
+        "BASE_SHA",
+        "DEFAULT_BRANCH",
+        "DATA",
+        "REFERENCE",
+        "MODEL",
+        "AZURE_SUBSCRIPTION_ID",
+        "AZURE_RESOURCE_GROUP",
+        "AZUREML_WORKSPACE",
+        "AZURE_STORAGE_CONNECTION_STRING",
+    }
+)
 INSTALL_METHODS = ("uv", "requirements", "pip")
 
 
@@ -260,7 +276,10 @@ class CISettings:
     branchflow's source in this repository, which the comment jobs check out; empty: they
     install `branchflow` alone. `lint` and `test`: the PR checks' commands. `torch`: the
     project trains with torch, so the GPU runner's dev build checks that CUDA works;
-    `azureml_groups`: uv groups the Azure ML job adds.
+    `azureml_groups`: uv groups the Azure ML job adds. `env` (name = value) and `secrets`
+    (names of GitHub secrets, passed under their own names) are given to every job that runs a
+    pipeline (secrets only to those in an environment); `setup` commands run in the setup
+    action before the install.
     """
 
     install: str = "pip"
@@ -272,6 +291,9 @@ class CISettings:
     test: tuple[str, ...] = ()
     torch: bool = False
     azureml_groups: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
     pipelines: Mapping[str, CIPipeline] = field(default_factory=dict)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     gpu_runner: GpuRunnerSettings = field(default_factory=GpuRunnerSettings)
@@ -688,6 +710,13 @@ def _ci_settings(path: Path, table: object) -> CISettings:
             f"got {install!r}"
         )
     pipelines = _table(path, f"{CI_SECTION} pipelines", table.get("pipelines", {}))
+    env = _job_env(path, table.get("env", {}))
+    secrets = _variable_names(path, "ci.secrets", table.get("secrets", []))
+    both = sorted(set(env) & set(secrets))
+    if both:
+        raise BranchflowError(
+            f"{path}: {CI_SECTION} {', '.join(both)} in both env and secrets; keep one"
+        )
     return CISettings(
         install=install,
         requirements=_relative_paths(path, "ci.requirements", table.get("requirements", [])),
@@ -698,10 +727,38 @@ def _ci_settings(path: Path, table: object) -> CISettings:
         test=_strings(path, "ci.test", table.get("test", [])),
         torch=_flag(path, "ci.torch", table.get("torch", False)),
         azureml_groups=_strings(path, "ci.azureml_groups", table.get("azureml_groups", [])),
+        env=env,
+        secrets=secrets,
+        setup=_strings(path, "ci.setup", table.get("setup", [])),
         pipelines={name: _ci_pipeline(path, name, value) for name, value in pipelines.items()},
         retrain=_retrain_settings(path, table.get("retrain", {})),
         gpu_runner=_gpu_runner_settings(path, table.get("gpu_runner", {})),
     )
+
+
+def _job_env(path: Path, table: object) -> dict[str, str]:
+    """`ci.env`: environment variables by name, each a string."""
+    names = _variable_names(path, "ci.env", list(_table(path, f"{CI_SECTION} env", table)))
+    env = cast(dict[str, object], table)
+    return {name: _text(path, f"ci.env.{name}", env[name]) for name in names}
+
+
+def _variable_names(path: Path, key: str, value: object) -> tuple[str, ...]:
+    """Names of environment variables (or of GitHub secrets, passed under their own names)
+    that the generated jobs may set: not GitHub's own, nor one that branchflow's jobs set."""
+    names = _strings(path, key, value)
+    for name in names:
+        if not ENV_NAME.fullmatch(name) or name.upper().startswith("GITHUB_"):
+            raise BranchflowError(
+                f"{path}: [tool.branchflow] {key}: {name!r} is no environment variable name "
+                "(letters, digits and _, not starting with a digit or GITHUB_); rename it"
+            )
+        if name in RESERVED_ENV:
+            raise BranchflowError(
+                f"{path}: [tool.branchflow] {key}: {name} is set by branchflow's jobs "
+                f"({', '.join(sorted(RESERVED_ENV))}); use another name"
+            )
+    return names
 
 
 def _ci_pipeline(path: Path, name: str, table: object) -> CIPipeline:

@@ -100,6 +100,10 @@ class PipelineBuild:
         return shlex.join(["dvc", "push", "-r", self.dev_remote or "", *self._target])
 
     @property
+    def main_push(self) -> str:
+        return shlex.join(["dvc", "push", "--run-cache", *self._target])
+
+    @property
     def dev_repro(self) -> str:
         return self._exp_run(self.dev_params)
 
@@ -139,11 +143,14 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
         )
     model = model_pipeline(settings, dag, pipelines)
     builds = [_build(root, settings, dag, p, p == model) for p in pipelines]
-    context = _context(root, settings, builds)
+    context = {**_context(root, settings, builds), "push": dag.shared_remote is not None}
+    context["remote"] = dag.shared_remote
+    _check_one_line([dag.shared_remote] if dag.shared_remote else [])
     files = {
         SETUP_ACTION: "setup.yml",
         _workflow_file("pr"): "pr.yml",
         _workflow_file("dev"): "dev.yml",
+        _workflow_file("main"): "main.yml",
         _workflow_file("promote"): "promote.yml",
         f"{GITHUB}/zizmor.yml": "zizmor.yml",
         f"{GITHUB}/dependabot.yml": "dependabot.yml",
@@ -248,6 +255,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "m": model,
         "others": [build for build in builds if build is not model],
         "dev_branch": settings.dev_branch,
+        "main_branch": settings.main_branch,
         "retrain": ci.retrain,
         "gpu_secrets": GPU_CLOUD_SECRETS[ci.gpu_runner.cloud],
         "gpu_launch": _gpu_launch(ci.gpu_runner),

@@ -103,6 +103,9 @@ class Dag:
     local_remotes: tuple[str, ...]
     # A dvc.yaml's top-level `metrics:` (what dvclive declares), from the repository root
     top_metrics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The committed default DVC remote, where it is storage a CI runner can push to and the next
+    # build read from (a URL, not a folder on this machine); None otherwise
+    shared_remote: str | None = None
 
 
 def ident(text: str) -> str:
@@ -152,6 +155,7 @@ class _Reader:
             out_paths=tuple(sorted(outs)),
             local_remotes=self._local_remotes(),
             top_metrics=self._top_metrics(),
+            shared_remote=self._shared_remote(),
         )
 
     def _top_metrics(self) -> dict[str, tuple[str, ...]]:
@@ -291,6 +295,12 @@ class _Reader:
             if os.path.isabs(url) and Path(url).is_relative_to(self.root):
                 paths.append(self._rel(url))
         return tuple(sorted(paths))
+
+    def _shared_remote(self) -> str | None:
+        committed = self.repo.config.load_one("repo")  # not this machine's config.local
+        name = committed.get("core", {}).get("remote")
+        url = str(committed.get("remote", {}).get(name, {}).get("url", "")) if name else ""
+        return name if re.match(r"[a-z][a-z0-9+.-]*://", url) else None
 
     def _rel(self, fs_path: str) -> str:
         return Path(os.path.relpath(fs_path, self.root)).as_posix()
