@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -736,3 +737,79 @@ def test_the_main_build_pushes_what_the_next_pull_request_compares_with(
     )
     assert gate.returncode == 0, gate.stdout + gate.stderr
     assert "ok: `accuracy` vs main" in gate.stdout and "cannot be checked" not in gate.stdout
+
+
+def test_dvc_subrepos_are_refused_in_one_line_naming_them(tmp_path: Path) -> None:
+    """`dvc init --subdir` makes a DVC project inside the repository that the root's DVC does
+    not run (`dvc repro sub/dvc.yaml` says it is dvc-ignored): init names each and writes
+    nothing, rather than generating builds that fail."""
+    repo = tmp_path / "repo"
+    for folder in ("", "first", "second/deep"):
+        (repo / folder).mkdir(parents=True, exist_ok=True)
+        stage = {"stages": {"build": {"cmd": "echo hi > out.txt", "outs": ["out.txt"]}}}
+        (repo / folder / "dvc.yaml").write_text(yaml.safe_dump(stage))
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    for folder in ("first", "second/deep"):
+        sh("dvc", "init", "-q", "--subdir", cwd=repo / folder)
+    init_repo(repo)
+    refused = init(repo)
+    assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "first/, second/deep/: DVC subrepos" in refused.stderr
+    assert not (repo / ".github").exists()
+
+
+LIVE_DVC_YAML = """
+stages:
+  train:
+    cmd: python train.py
+    deps: [train.py]
+    outs: [dvclive, model.pkl]
+metrics:
+  - dvclive/metrics.json
+artifacts:
+  classifier:
+    path: model.pkl
+    type: model
+"""
+LIVE_TRAIN = """import json, pathlib, pickle
+from sklearn.linear_model import LogisticRegression
+model = LogisticRegression().fit([[0.0], [1.0], [0.1], [0.9]], [0, 1, 0, 1])
+pathlib.Path("model.pkl").write_bytes(pickle.dumps(model))
+pathlib.Path("dvclive").mkdir(exist_ok=True)
+pathlib.Path("dvclive/metrics.json").write_text(json.dumps({"accuracy": 1.0}))
+"""
+
+
+@pytest.mark.e2e
+def test_a_dvclive_project_with_a_model_artifact_is_adopted_registered_and_gated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dvclive's layout: top-level `metrics:` inside a cached output, and `artifacts:` of
+    `type: model`, which the first init turns into `[tool.branchflow.model]`. Then the README's
+    adoption: commit, `init --check`, register, report and gate, on a local MLflow store."""
+    hide_ci_variables(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = tmp_path / "live"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(LIVE_DVC_YAML.lstrip())
+    (repo / "train.py").write_text(LIVE_TRAIN)
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "live"\ndependencies = ["scikit-learn"]\n'
+        "[tool.branchflow.gate.min]\naccuracy = 0.9\n"
+    )
+    init_repo(repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "repro", "-q", cwd=repo)
+    assert init(repo).returncode == 0
+    settings = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["branchflow"]
+    assert settings["model"] == {"flavor": "sklearn", "artifacts": {"model": "model.pkl"}}
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "adopt branchflow", cwd=repo)
+    assert init(repo, "--check").returncode == 0
+    registered = branchflow("register", cwd=repo)
+    assert "model_live_main" in registered.stdout, registered.stdout
+    gate = branchflow("gate", cwd=repo, check=False)
+    assert gate.returncode == 0 and "`accuracy` is 1.0000, at least the floor" in gate.stdout
+    assert branchflow("report", "--out", "report.md", cwd=repo).returncode == 0
+    assert "accuracy" in (repo / "report.md").read_text()

@@ -17,6 +17,7 @@ from branchflow.ci.workflows import foreign_files, generated_files, stale_files
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
 from branchflow.settings import PYPROJECT, default_base_name, parse_settings
+from branchflow.workspace.dag import read_dag
 from branchflow.workspace.lock import read_requirements, requirements_files
 
 GITIGNORE = ".gitignore"
@@ -132,6 +133,10 @@ def _pyproject_text(root: Path) -> str:
     table = tool.setdefault("branchflow", tomlkit.table())
     if "base_name" not in branchflow and "name" not in plain.get("project", {}):
         table["base_name"] = default_base_name(plain, root)  # today's default, frozen
+    if "model" not in branchflow and "ci" not in branchflow:  # the first run only
+        model = _model_table(root)
+        if model:
+            table["model"] = model
     if "ci" not in branchflow:
         ci = tomlkit.table()
         ci.comment("detected by `branchflow init`; .github/ is generated from it")
@@ -139,6 +144,31 @@ def _pyproject_text(root: Path) -> str:
             ci[key] = value
         table["ci"] = ci
     return tomlkit.dumps(document)
+
+
+SAVED_FLAVORS = {  # a model file's suffix -> the flavor that packages it
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+    ".joblib": "sklearn",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+}
+
+
+def _model_table(root: Path) -> Any:
+    """`[tool.branchflow.model]` for the first `artifacts:` entry of `type: model` (what DVC's
+    model registry and dvclive declare) whose file a flavor packages; None without one."""
+    import tomlkit
+
+    for path in read_dag(root).model_artifacts:
+        flavor = SAVED_FLAVORS.get(Path(path).suffix.lower())
+        if flavor:
+            table = tomlkit.table()
+            table.comment("seeded by `branchflow init` from dvc.yaml's artifacts (type: model)")
+            table["flavor"] = flavor
+            table["artifacts"] = {"model": path}
+            return table
+    return None
 
 
 def _gitignore_text(root: Path) -> str:

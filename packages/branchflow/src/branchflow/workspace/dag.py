@@ -106,6 +106,8 @@ class Dag:
     # The committed default DVC remote, where it is storage a CI runner can push to and the next
     # build read from (a URL, not a folder on this machine); None otherwise
     shared_remote: str | None = None
+    # The `artifacts:` of `type: model` in every dvc.yaml, their paths from the repository root
+    model_artifacts: tuple[str, ...] = ()
 
 
 def ident(text: str) -> str:
@@ -156,6 +158,7 @@ class _Reader:
             local_remotes=self._local_remotes(),
             top_metrics=self._top_metrics(),
             shared_remote=self._shared_remote(),
+            model_artifacts=self._model_artifacts(),
         )
 
     def _top_metrics(self) -> dict[str, tuple[str, ...]]:
@@ -295,6 +298,15 @@ class _Reader:
             if os.path.isabs(url) and Path(url).is_relative_to(self.root):
                 paths.append(self._rel(url))
         return tuple(sorted(paths))
+
+    def _model_artifacts(self) -> tuple[str, ...]:
+        found = []
+        for dvcfile, artifacts in sorted(self.index._artifacts.items()):
+            folder = Path(self._rel(dvcfile)).parent
+            for artifact in artifacts.values():
+                if artifact.get("type") == "model" and artifact.get("path"):
+                    found.append(posixpath.normpath((folder / artifact["path"]).as_posix()))
+        return tuple(found)
 
     def _shared_remote(self) -> str | None:
         committed = self.repo.config.load_one("repo")  # not this machine's config.local

@@ -65,9 +65,19 @@ class Pipeline:
 def find_pipelines(root: Path, settings: Settings) -> tuple[Pipeline, ...]:
     """Every `dvc.yaml` git knows of, the root one first."""
     listed = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    files = [PurePosixPath(f) for f in listed.stdout.split("\0") if f]
+    subrepos = sorted({f.parent.parent for f in files if f.parts[-2:] == (".dvc", "config")})
+    subrepos = [folder for folder in subrepos if folder != PurePosixPath(".")]
+    if subrepos:
+        named = ", ".join(f"{folder}/" for folder in subrepos)
+        raise BranchflowError(
+            f"{named}: DVC subrepos (`dvc init --subdir`), each a DVC project of its own, which "
+            "this repository's DVC does not run; branchflow builds one DVC project per git "
+            "repository: move their pipelines into the root project, or give each its own "
+            "repository"
+        )
     dvcfiles = sorted(
-        (f for f in listed.stdout.split("\0") if PurePosixPath(f).name == DVCFILE),
-        key=lambda f: (f != DVCFILE, f),
+        (f.as_posix() for f in files if f.name == DVCFILE), key=lambda f: (f != DVCFILE, f)
     )
     unknown = sorted(set(settings.pipelines) - set(dvcfiles))
     if unknown:
