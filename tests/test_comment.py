@@ -429,3 +429,13 @@ def test_a_report_past_githubs_comment_limit_keeps_the_gated_metrics_and_says_wh
     assert "| `model.f1` |" in markdown  # the gated metric
     (summary,) = [line for line in markdown.splitlines() if "<summary>" in line]
     assert "@" not in summary and "#1" not in summary
+
+
+def test_a_gate_with_no_rules_heads_the_comment_as_a_warning(
+    artifact: Path, tmp_path: Path
+) -> None:
+    edit(artifact, put("verdict", "checks", value=[]))
+    out = tmp_path / "comment" / "report.md"
+    assert post(artifact, out) == 0
+    headline = html_of(out.read_text()).root.elements()[0].text()
+    assert headline.startswith("⚠️ Gate has no rules: nothing was checked")

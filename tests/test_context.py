@@ -85,6 +85,22 @@ def test_git_branch_and_dirty_state(repo: Path) -> None:
     assert context.dirty is True
 
 
+def test_a_rewritten_dvc_lock_alone_is_no_uncommitted_change(repo: Path) -> None:
+    """A build's own `dvc repro` rewrites dvc.lock, the record of what ran: still clean."""
+    for lock in (repo / "dvc.lock", repo / "pipelines" / "x" / "dvc.lock"):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text("schema: '2.0'\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "locks")
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    git(repo, "mv", "pipelines/x/dvc.lock", "pipelines/x/moved.lock")
+    assert resolve_context(repo, {}).dirty is True  # a rename is a change of another file
+    git(repo, "mv", "pipelines/x/moved.lock", "pipelines/x/dvc.lock")
+    assert resolve_context(repo, {}).dirty is False
+    (repo / "params.yaml").write_text("lr: 0.2\n")
+    assert resolve_context(repo, {}).dirty is True
+
+
 def test_untracked_file_makes_dirty(repo: Path) -> None:
     (repo / "new.py").write_text("")
     assert resolve_context(repo, {}).dirty is True
@@ -759,3 +775,13 @@ def test_help_does_not_import_the_toolkit() -> None:
     heavy = "{'branchflow.workspace.context', 'mlflow', 'dvc'}"
     code = f"import sys; from branchflow.cli import main; assert not {heavy} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_pr_builds_base_sha_is_shown_by_its_branch_name(repo: Path) -> None:
+    """PR builds pass `--base "$BASE_SHA"`; the report names the base as the PR's base branch."""
+    from branchflow.report.compare import resolve_base
+
+    head = git(repo, "rev-parse", "HEAD")
+    assert resolve_base(repo, head, branch="main") == resolve_base(repo, "main")
+    assert resolve_base(repo, head).ref == head
+    assert resolve_base(repo, head[:7], branch="main").ref == head[:7]  # not the full SHA

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ LOCK_FILE = "dvc.lock"
 PIPELINE_FILE = "dvc.yaml"
 METRIC_TAG = "metric."
 WORKSPACE = "workspace"
+
+
+FULL_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,10 @@ def default_base(env: Mapping[str, str] = os.environ) -> str | None:
     return f"origin/{branch}" if branch else None
 
 
-def resolve_base(root: Path, ref: str, *, fetch: bool = False) -> Base:
-    """Resolve `ref` to a commit; a shallow clone without it fetches it only when `fetch`."""
+def resolve_base(root: Path, ref: str, *, fetch: bool = False, branch: str | None = None) -> Base:
+    """Resolve `ref` to a commit; a shallow clone without it fetches it only when `fetch`. A
+    PR build passes its base commit's full SHA (`$BASE_SHA`): with the PR's base `branch`, the
+    base is shown by that name (and its short SHA, where the report shows commits)."""
     commit = _rev_parse(root, ref)
     if commit is None:
         remote, branch = _split_remote(root, ref)
@@ -126,7 +132,7 @@ def resolve_base(root: Path, ref: str, *, fetch: bool = False) -> Base:
                 f"base ref '{ref}' is not in this clone; fetch it with: "
                 f"git fetch --depth=1 {remote} {branch}"
             )
-    return Base(ref, commit)
+    return Base(branch if branch and FULL_SHA.fullmatch(ref) else ref, commit)
 
 
 @contextmanager

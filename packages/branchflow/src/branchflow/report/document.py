@@ -58,7 +58,9 @@ def write_report(
     settings = load_settings(root)
     judged = scope(root, settings, read_dag(root), pipeline)
     context = resolve_context(root, env, settings)
-    base = resolve_base(root, base_ref, fetch=fetch) if base_ref else None
+    base = (
+        resolve_base(root, base_ref, fetch=fetch, branch=context.base_branch) if base_ref else None
+    )
     labels = {WORKSPACE: f"{context.branch} (this branch)"}
     if base:
         labels[base.commit] = base.ref

@@ -43,11 +43,12 @@ class Verdict:
     def lines(self) -> list[str]:
         """The verdict as plain text: a summary line, then one line per rule and note."""
         failed = sum(not check.passed for check in self.checks)
-        summary = (
-            f"gate failed: {failed} of {len(self.checks)} rules failed"
-            if failed
-            else f"gate passed: {len(self.checks)} rules"
-        )
+        if failed:
+            summary = f"gate failed: {failed} of {len(self.checks)} rules failed"
+        elif self.checks:
+            summary = f"gate passed: {len(self.checks)} rules"
+        else:
+            summary = f"gate passed, but checked nothing: add rules under {GATE_SECTION}"
         rules = [f"{'ok' if c.passed else 'FAIL'}: {c.text}" for c in self.checks]
         return [summary, *rules, *(f"note: {note}" for note in self.notes)]
 
@@ -64,8 +65,10 @@ def run_gate(
     (None: no base) and, for the model's pipeline, the champion; judge them by its gate."""
     settings = load_settings(root)
     judged = scope(root, settings, read_dag(root), pipeline)
-    production = names_for(resolve_context(root, env, settings), settings).production_model
-    base = resolve_base(root, base_ref, fetch=fetch) if base_ref else None
+    context = resolve_context(root, env, settings)
+    production = names_for(context, settings).production_model
+    branch = context.base_branch
+    base = resolve_base(root, base_ref, fetch=fetch, branch=branch) if base_ref else None
     with open_dvc(root) as repo:
         champion = production if judged.has_model else None
         comparison = compare(repo, base, champion, env, judged.metrics_files)

@@ -444,15 +444,17 @@ def describe_change(change: float, higher_is_better: bool) -> str:
     return f"{change:+.4f} {'▲' if up else '▼'} {'better' if up == higher_is_better else 'worse'}"
 
 
-def _title(passed: bool, gate_exit: int | None) -> str:
+def _title(passed: bool, checks: int, gate_exit: int | None) -> str:
     if gate_exit not in (None, EXIT_OK, EXIT_VERDICT):
         return f"⚠️ Gate broke (exit {gate_exit}): no verdict, fix the build"
+    if not checks:
+        return "⚠️ Gate has no rules: nothing was checked"
     return "✅ Gate passed" if passed else "❌ Gate failed"
 
 
 def _verdict_section(document: Mapping[str, Any], gate_exit: int | None) -> str:
     verdict = document["verdict"]
-    title = _title(verdict["passed"], gate_exit)
+    title = _title(verdict["passed"], len(verdict["checks"]), gate_exit)
     key = next((m for m in document["metrics"] if m["name"] == document["key_metric"]), None)
     if key is not None:
         title += f" · {_code(key['name'])} {_headline(key, document)}"

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 from urllib.parse import quote
 
@@ -61,7 +61,9 @@ def resolve_context(
     """Resolve the context of the checkout at `root` from CI variables and git.
 
     `BRANCHFLOW_BRANCH`, `BRANCHFLOW_PR` and `BRANCHFLOW_COMMIT` win over what the CI system
-    says. `dirty` counts untracked (not ignored) files too: they can change what a run produces.
+    says. `dirty` counts untracked (not ignored) files too: they can change what a run produces;
+    it does not count `dvc.lock` files, the record `dvc repro` writes of what it ran (a build's
+    own repro rewrites them), which no stage reads.
     """
     _require_repository(root)
     settings = settings or load_settings(root)
@@ -79,7 +81,7 @@ def resolve_context(
         branch_slug=slugify(branch),
         commit=commit,
         short_commit=commit[:SHORT_COMMIT_LENGTH],
-        dirty=bool(git(root, "status", "--porcelain").stdout.strip()),
+        dirty=any(PurePosixPath(path).name != "dvc.lock" for path in _changed(root)),
         run_type=_run_type(env, run, branch, pr_number, settings),
         pr_number=pr_number,
         base_branch=run.base_branch,
@@ -87,6 +89,19 @@ def resolve_context(
         run_url=run.run_url,
         detached=not git_branch,
     )
+
+
+def _changed(root: Path) -> list[str]:
+    """The paths `git status` lists: changed, staged, deleted or untracked (not ignored)."""
+    entries = git(root, "status", "--porcelain", "-z").stdout.split("\0")
+    paths, skip = [], False
+    for entry in entries:
+        if skip or not entry:  # a rename's or copy's old path follows its entry
+            skip = False
+            continue
+        paths.append(entry[3:])
+        skip = entry[0] in "RC"
+    return paths
 
 
 def as_dict(context: Context, names: Names) -> dict[str, object]:
