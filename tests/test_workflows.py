@@ -233,6 +233,33 @@ def test_dev_workflow_follows_the_configured_dev_branch() -> None:
     assert pushed == [load_settings(ROOT).dev_branch]
 
 
+@pytest.mark.parametrize(
+    ("compute", "runs"),
+    [
+        ("", {"train-cpu"}),  # no GPU runner and no Azure ML: still a dev build
+        ("cpu", {"train-cpu"}),
+        ("gpu-runner", {"launch-runner"}),  # then train-gpu, which needs it
+        ("azureml", {"train-azureml"}),
+        ("tpu", {"compute"}),  # the job that fails with the values it takes
+    ],
+)
+def test_the_dev_build_runs_the_model_on_the_compute_the_variable_names(
+    compute: str, runs: set[str]
+) -> None:
+    """Each dev.yml job's `if:` (GitHub's `==`, `!=`, `&&`, `||` on `vars`), evaluated."""
+    jobs = load(GITHUB / "workflows" / "dev.yml")["jobs"]
+    started = set()
+    for name, job in jobs.items():
+        condition = job.get("if")
+        if condition is None or "BRANCHFLOW_COMPUTE" not in condition:
+            continue
+        python = condition.replace("vars.BRANCHFLOW_COMPUTE", repr(compute))
+        python = python.replace("&&", " and ").replace("||", " or ")
+        if eval(python):  # the workflow's own conditions, on literals
+            started.add(name)
+    assert started == runs
+
+
 def branchflow_calls(run: str) -> Iterator[list[str]]:
     """The words of each `branchflow ...` command in a `run:` script."""
     for line in run.splitlines():
