@@ -785,3 +785,16 @@ def test_a_pr_builds_base_sha_is_shown_by_its_branch_name(repo: Path) -> None:
     assert resolve_base(repo, head, branch="main") == resolve_base(repo, "main")
     assert resolve_base(repo, head).ref == head
     assert resolve_base(repo, head[:7], branch="main").ref == head[:7]  # not the full SHA
+
+
+@pytest.mark.parametrize("command", [["history"], ["pin", "--out", "model.json"]])
+def test_a_read_only_command_creates_no_local_store(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    from tests.conftest import branchflow, hide_ci_variables
+
+    hide_ci_variables(monkeypatch, "MLFLOW_")
+    refused = branchflow(*command, cwd=repo, check=False)
+    assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "no MLflow registry to read" in refused.stderr
+    assert not (repo / "mlflow.db").exists() and not (repo / "model.json").exists()

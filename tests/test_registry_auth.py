@@ -213,3 +213,23 @@ def test_a_lock_a_pr_token_made_cannot_stop_production(
     assert client.get_model_version_by_alias(production, CHAMPION).version
     moved = client.get_registered_model(production).tags[LOCK_NAME_TAG]
     assert moved.startswith(f"{lock}.") and not client.search_registered_models(f"name = '{moved}'")
+
+
+def test_names_a_pr_token_took_first_are_refused_in_one_line_that_says_so(
+    repo: Path, auth_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pr-bot` creates the dev branch's future model first (any account may): the dev build's
+    `register` stops in one line saying the name may belong to another account."""
+    branch = "squat/dev"
+    names = branch_names(repo, branch)
+    as_user(monkeypatch, auth_server, "pr-bot")
+    mlflow.MlflowClient(auth_server, auth_server).create_registered_model(names.model)
+    release = as_user(monkeypatch, auth_server, "release")
+    refused = branchflow(repo, "register", env=on(branch, **release))
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        f"error: MLflow at {auth_server} refused: permission denied for release; the experiment "
+        f"{names.experiment} or the model {names.model} may exist under another account (any "
+        "account may create a name first, and MLflow records no creator): an MLflow admin can "
+        "see its permissions and delete it, or grant these credentials edit on it"
+    )

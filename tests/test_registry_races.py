@@ -144,6 +144,8 @@ def test_concurrent_registers_of_the_same_bytes_leave_one_version(
     experiment = client.get_experiment_by_name(branch_names(repo, branch).experiment)
     runs = client.search_runs([experiment.experiment_id])  # active ones: the losers deleted theirs
     assert [(run.info.run_id, run.info.status) for run in runs] == [(run_id, "FINISHED")]
+    logged = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert [model.source_run_id for model in logged] == [run_id]  # and their logged models
 
 
 @pytest.mark.e2e  # promote, rollback and promote processes at once

@@ -91,6 +91,18 @@ def store_for(root: Path, env: Mapping[str, str] = os.environ) -> Store:
     return Store(f"sqlite:///{root / LOCAL_DB}", (root / LOCAL_ARTIFACTS).as_uri())
 
 
+def read_store(root: Path, env: Mapping[str, str] = os.environ) -> Store:
+    """The store a read-only command reads: `store_for`'s, but a local store must exist, as
+    opening it would create `mlflow.db`."""
+    store = store_for(root, env)
+    if store.artifact_root is not None and not (root / LOCAL_DB).is_file():
+        raise BranchflowError(
+            f"no MLflow registry to read: MLFLOW_TRACKING_URI is unset and {root / LOCAL_DB} "
+            "does not exist; set MLFLOW_TRACKING_URI to the registry, or register a model first"
+        )
+    return store
+
+
 def connect(store: Store) -> MlflowClient:
     """Point MLflow at `store` and check it answers, with bounded retries."""
     for key, value in MLFLOW_DEFAULTS.items():

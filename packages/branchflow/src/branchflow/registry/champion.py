@@ -210,7 +210,7 @@ def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) 
 
 def history(root: Path, env: Mapping[str, str] = os.environ) -> list[Move]:
     """Every champion move of the production model that happened, oldest first."""
-    settings, context, store, client = open_registry(root, env)
+    settings, context, store, client = open_registry(root, env, read_only=True)
     with mlflow_errors(store):
         state = _state(client, names_for(context, settings).production_model)
     return [move for _, move in state.moves]

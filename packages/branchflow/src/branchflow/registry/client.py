@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from branchflow.settings import Settings, load_settings
-from branchflow.tracking import Store, connect, store_for
+from branchflow.tracking import Store, connect, read_store, store_for
 from branchflow.workspace.context import Context, resolve_context
 
 if TYPE_CHECKING:
@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 
 def open_registry(
-    root: Path, env: Mapping[str, str]
+    root: Path, env: Mapping[str, str], read_only: bool = False
 ) -> tuple[Settings, Context, Store, MlflowClient]:
+    """The project's settings, context, store and client; `read_only` commands never create a
+    local store (see `read_store`)."""
     settings = load_settings(root)
     context = resolve_context(root, env, settings)
-    store = store_for(root, env)
+    store = read_store(root, env) if read_only else store_for(root, env)
     return settings, context, store, connect(store)
 
 

@@ -22,7 +22,7 @@ from branchflow.registry.champion import CHAMPION, FILES_SHA_TAG, current_champi
 from branchflow.registry.package import served_sha256, tree_sha256
 from branchflow.registry.register import MODEL_SHA_TAG
 from branchflow.settings import load_settings
-from branchflow.tracking import connect, mlflow_errors, store_for
+from branchflow.tracking import connect, mlflow_errors, read_store
 from branchflow.workspace.context import resolve_context
 from branchflow.workspace.naming import names_for
 
@@ -44,7 +44,7 @@ def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin
     against the digest its promotion recorded; True when `out` changed."""
     settings = load_settings(root)
     production = names_for(resolve_context(root, env, settings), settings).production_model
-    store = store_for(root, env)
+    store = read_store(root, env)
     client = connect(store)
     with mlflow_errors(store):
         champion = current_champion(client, production)

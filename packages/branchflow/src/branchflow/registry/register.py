@@ -89,7 +89,12 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     key = package_sha256(root, model, package["pip_requirements"])
     store = store_for(root, env)
     client = connect(store)
-    with mlflow_errors(store):
+    squatted = (
+        f"the experiment {names.experiment} or the model {names.model} may exist under another "
+        "account (any account may create a name first, and MLflow records no creator): an MLflow "
+        "admin can see its permissions and delete it, or grant these credentials edit on it"
+    )
+    with mlflow_errors(store, squatted):
         experiment = ensure_experiment(
             client, names.experiment, context.branch, settings.base_name, store
         )
@@ -114,6 +119,7 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
         if winner.version != version.version:  # a concurrent register of this package came first
             client.delete_model_version(names.model, version.version)
             client.delete_run(run.info.run_id)
+            client.delete_logged_model(info.model_id)
         client.set_registered_model_alias(names.model, CANDIDATE, winner.version)
     created = winner.version == version.version
     return Registration(names.model, winner.version, created, winner.run_id, sha, key)
