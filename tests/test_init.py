@@ -632,6 +632,7 @@ def test_a_foreign_project_from_init_through_pr_builds_to_azure_ml(
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
     history = sh("branchflow", "history", "--format", "json", cwd=repo).stdout
     assert json.loads(history), "promote left no champion history"
+    assert not (repo / "mlruns").exists()  # the production copy sits in the local store's folder
     assert "branchflow azureml compile --check" in (repo / ".github/workflows/pr.yml").read_text()
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-q", "-m", "Azure ML files", cwd=repo)

@@ -53,7 +53,14 @@ from branchflow.errors import BranchflowError
 from branchflow.registry.client import open_registry, registered_model, version_uri
 from branchflow.registry.package import DOWNLOAD_NOTE, served_sha256, tree_sha256
 from branchflow.registry.register import MODEL_ARTIFACT, MODEL_SHA_TAG
-from branchflow.tracking import OWNER_TAG, holder_gone, lease_tags, lease_until, mlflow_errors
+from branchflow.tracking import (
+    OWNER_TAG,
+    Store,
+    holder_gone,
+    lease_tags,
+    lease_until,
+    mlflow_errors,
+)
 from branchflow.workspace.context import Context
 from branchflow.workspace.naming import names_for
 
@@ -134,7 +141,8 @@ def promote(
                 return _move(
                     "promote", production, champion, champion.version, source_uri, context, env
                 )
-            target = source if source.name == production else _copy(client, source, production)
+            copy = source.name != production
+            target = _copy(client, store, source, production) if copy else source
             move = _move(
                 "promote", production, champion, target.version, source_uri, context, env, reason
             )
@@ -148,7 +156,9 @@ def copied_from(version: ModelVersion) -> str:
     return version.tags.get(SOURCE_TAG) or version.source or ""
 
 
-def _copy(client: MlflowClient, source: ModelVersion, production: str) -> ModelVersion:
+def _copy(
+    client: MlflowClient, store: Store, source: ModelVersion, production: str
+) -> ModelVersion:
     """The version of `production` that copies `source`: the one an earlier promote (or one that
     crashed before moving the alias) made, else a new copy of its files and run metrics."""
     import mlflow
@@ -161,11 +171,13 @@ def _copy(client: MlflowClient, source: ModelVersion, production: str) -> ModelV
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=tmp))
         (local / DOWNLOAD_NOTE).unlink(missing_ok=True)
-        run = _production_run(client, production, source_uri)
+        run = _production_run(client, store, production, source_uri)
         client.log_artifacts(run.info.run_id, str(local), MODEL_ARTIFACT)
         metrics = client.get_run(source.run_id).data.metrics if source.run_id else {}
         now = int(time.time() * 1000)
-        client.log_batch(run.info.run_id, [Metric(k, v, now, 0) for k, v in metrics.items()])
+        copied = [Metric(key, value, now, 0) for key, value in metrics.items()]
+        for start in range(0, len(copied), 1000):  # MLflow takes 1,000 metrics a batch
+            client.log_batch(run.info.run_id, copied[start : start + 1000])
         client.set_terminated(run.info.run_id)
         served = served_sha256(local)
         tags = {**source.tags, SOURCE_TAG: source_uri, FILES_SHA_TAG: tree_sha256(local)}
@@ -174,12 +186,14 @@ def _copy(client: MlflowClient, source: ModelVersion, production: str) -> ModelV
     return client.create_model_version(production, artifacts, run.info.run_id, tags=tags)
 
 
-def _production_run(client: MlflowClient, production: str, source_uri: str) -> Run:
-    """A new run, in the experiment named as `production`, to hold one promoted copy."""
+def _production_run(client: MlflowClient, store: Store, production: str, source_uri: str) -> Run:
+    """A new run, in the experiment named as `production` (for a local store, its artifacts in
+    the store's folder, as `register`'s), to hold one promoted copy."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(production)
-    experiment = found.experiment_id if found else client.create_experiment(production)
+    location = f"{store.artifact_root}/{production}" if store.artifact_root else None
+    experiment = found.experiment_id if found else client.create_experiment(production, location)
     try:
         return client.create_run(experiment, tags={SOURCE_TAG: source_uri})
     except MlflowException as exc:
