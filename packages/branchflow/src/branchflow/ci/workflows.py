@@ -143,9 +143,8 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
         )
     model = model_pipeline(settings, dag, pipelines)
     builds = [_build(root, settings, dag, p, p == model) for p in pipelines]
-    context = {**_context(root, settings, builds), "push": dag.shared_remote is not None}
-    context["remote"] = dag.shared_remote
     _check_one_line([dag.shared_remote] if dag.shared_remote else [])
+    context = {**_context(root, settings, builds), "remote": dag.shared_remote}
     files = {
         SETUP_ACTION: "setup.yml",
         _workflow_file("pr"): "pr.yml",
