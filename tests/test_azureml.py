@@ -74,6 +74,9 @@ def md5_tree(path: Path) -> dict[str, str]:
 
 def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> None:
     folder = compiled / OUT
+    environments = {
+        name: load_environment(source=folder / f"environment{name}.yml") for name in ("", "-cpu")
+    }
     for stage in STAGES:
         component = load_component(source=folder / "components" / f"{stage}.yml")
         assert isinstance(component, CommandComponent)
@@ -83,14 +86,18 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
         code = (folder / "components" / component.code).resolve()
         assert code == (folder / "snapshots" / stage).resolve()
         assert (code / "branchflow_wrapper.py").is_file()
-    environment = load_environment(source=folder / "environment.yml")
-    assert component.environment == f"{environment.name}:{environment.version}"
+        # The GPU node gets the CUDA environment, every node on the CPU cluster the other.
+        environment = environments["" if stage == "train" else "-cpu"]
+        assert component.environment == f"{environment.name}:{environment.version}"
+    for environment in environments.values():  # a dated base image, the same everywhere
+        assert re.fullmatch(r"mcr\.microsoft\.com/azureml/[\w.-]+:\d{8}\.v\d+", environment.image)
     job = load_job(source=folder / "pipeline-training.yml")
     assert isinstance(job, PipelineJob)
     assert job._validate().passed
     assert list(job.jobs) == STAGES
     assert job.jobs["train"].compute == "gpu-cluster"
-    assert job.jobs["train"].distribution.process_count_per_instance == 2
+    # Standard_NC4as_T4_v3 has one GPU: one process per node, not two fighting over cuda:0.
+    assert job.jobs["train"].distribution.process_count_per_instance == 1
     assert job.jobs["frames"].compute is None  # the default: settings.default_compute
     md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"][:-4]
     assert (

@@ -158,25 +158,30 @@ def test_shards_add_their_files_to_one_output_folder(tmp_path: Path) -> None:
 
 def make_subfolder_project(repo: Path) -> Path:
     """Two pipelines in subfolders; one stage runs in `wdir: ../..`, one reads a second
-    params file."""
+    params file and runs its code from src/ through PYTHONPATH (as `src.*` layouts do), writing
+    into a folder only its committed .gitignore keeps."""
     files = {
-        "pyproject.toml": '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n',
-        "tools/scale.py": """
-            import os, sys, yaml
-            os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+        "pyproject.toml": '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n\n'
+        '[tool.branchflow.azureml]\npythonpath = ["src"]\n',
+        "src/twopipes/__init__.py": "",
+        "src/twopipes/scale.py": """
+            import sys, yaml
             factor = yaml.safe_load(open("params.yaml"))["prepare"]["factor"]
             extra = yaml.safe_load(open("extra.yaml"))["offset"]
             numbers = [int(n) * factor + extra for n in open(sys.argv[1]).read().split()]
             open(sys.argv[2], "w").write(" ".join(map(str, numbers)) + "\\n")
         """,
         "pipelines/train/raw.txt": "1 2 3\n",
+        # DVC's own .gitignore keeps out/ in every clone, but in no snapshot: the stage's code
+        # writes into it without creating it.
+        "pipelines/train/out/.gitignore": "/prepared.txt\n",
         "pipelines/train/params.yaml": "prepare:\n  factor: 3\n  unused: 1\n",
         "pipelines/train/extra.yaml": "offset: 1\nother: 2\n",
         "pipelines/train/dvc.yaml": """
             stages:
               prepare:
-                cmd: python ../../tools/scale.py raw.txt out/prepared.txt
-                deps: [raw.txt, ../../tools/scale.py]
+                cmd: python -m twopipes.scale raw.txt out/prepared.txt
+                deps: [raw.txt, ../../src/twopipes/__init__.py, ../../src/twopipes/scale.py]
                 params: [prepare.factor, {extra.yaml: [offset]}]
                 outs: [out/prepared.txt]
         """,
@@ -218,7 +223,9 @@ def test_subfolder_pipelines_and_wdir_run_on_nodes_as_under_dvc(tmp_path: Path) 
     assert yaml.safe_load((snapshot / "pipelines/train/extra.yaml").read_text()) == {"offset": 1}
 
     outputs = run_nodes(repo, pipeline, tmp_path)
-    sh("dvc", "repro", "-q", "pipelines/train/dvc.yaml", "pipelines/score/dvc.yaml", cwd=repo)
+    targets = ["pipelines/train/dvc.yaml", "pipelines/score/dvc.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    subprocess.run(["dvc", "repro", "-q", *targets], cwd=repo, env=env, check=True)
     assert (repo / "scores.txt").read_text() == "10\n7\n4\n"
     for path, produced in outputs.items():
         assert md5_tree(produced) == md5_tree(repo / path), path
@@ -226,7 +233,8 @@ def test_subfolder_pipelines_and_wdir_run_on_nodes_as_under_dvc(tmp_path: Path) 
 
 def run_nodes(repo: Path, pipeline: dict, tmp_path: Path) -> dict[str, Path]:
     """Run every node's command as Azure ML would: from a copy of its snapshot, inputs and
-    outputs in separate folders. Returns each DVC output path's produced copy."""
+    outputs in separate folders, the job's environment variables set, with a Python that has
+    not installed the project. Returns each DVC output path's produced copy."""
     folders: dict[str, Path] = {}
     produced: dict[str, Path] = {}
     for node, job in pipeline["jobs"].items():
@@ -243,7 +251,10 @@ def run_nodes(repo: Path, pipeline: dict, tmp_path: Path) -> dict[str, Path]:
         code = tmp_path / "nodes" / node
         shutil.copytree(repo / OUT / "components" / component["code"], code)
         command = REFERENCE.sub(lambda m, v=values: str(v[m[1]]), component["command"])
-        result = subprocess.run(["bash", "-c", command], cwd=code, capture_output=True, text=True)
+        env = {**os.environ, **job.get("environment_variables", {})}
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=code, env=env, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr
     return produced
 
@@ -290,6 +301,53 @@ def test_a_cluster_too_small_for_a_sharded_stage_is_an_error(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("compute", "stage", "message"),
+    [
+        (
+            'size = "Standard_NC6s_v3"',
+            "",
+            "[tool.branchflow.azureml.computes.gpu] size = 'Standard_NC6s_v3': Azure retired it "
+            "on 2025-09-30; choose a current size, e.g. Standard_NC4as_T4_v3 (1 T4) or "
+            "Standard_NC24ads_A100_v4 (1 A100)",
+        ),
+        (
+            'size = "Standard_NC4as_T4_v3"',
+            'distribution = "pytorch"\nprocess_count_per_instance = 2',
+            "[tool.branchflow.azureml.stages] pipelines_train_prepare asks for "
+            "process_count_per_instance = 2, but Standard_NC4as_T4_v3 has 1 GPU(s) per node; "
+            "each process takes one GPU: set it to 1 or drop it (one per GPU)",
+        ),
+    ],
+)
+def test_a_retired_size_or_more_processes_than_gpus_is_an_error(
+    tmp_path: Path, compute: str, stage: str, message: str
+) -> None:
+    repo = make_subfolder_project(tmp_path / "repo")
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n\n'
+        f"[tool.branchflow.azureml.computes.gpu]\n{compute}\n\n"
+        '[tool.branchflow.azureml.stages."pipelines/train/dvc.yaml:prepare"]\n'
+        f'compute = "gpu"\n{stage}\n'
+    )
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 3
+    assert result.stderr == f"error: {message}\n"
+
+
+def test_a_gpu_size_gets_one_process_per_gpu(tmp_path: Path) -> None:
+    repo = make_subfolder_project(tmp_path / "repo")
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n\n'
+        '[tool.branchflow.azureml.computes.gpu]\nsize = "Standard_NC64as_T4_v3"\n\n'
+        '[tool.branchflow.azureml.stages."pipelines/train/dvc.yaml:prepare"]\n'
+        'compute = "gpu"\ndistribution = "pytorch"\n'
+    )
+    compile_repo(repo)
+    job = load_job(source=repo / OUT / "pipeline-train.yml")
+    assert job.jobs["pipelines_train_prepare"].distribution.process_count_per_instance == 4
+
+
 def test_submit_dry_run_names_every_create(project_repo: Path, copy_repo) -> None:
     repo = copy_repo(project_repo)
     result = run_cli(repo, "azureml", "submit", "--dry-run")
@@ -299,6 +357,11 @@ def test_submit_dry_run_names_every_create(project_repo: Path, copy_repo) -> Non
         "would create compute gpu-cluster if missing",
         "would upload toy (data.dvc) and register data asset badpixels-data-raw-toy if missing",
     ]
+    # The scoring pipeline runs on CPUs only: a fresh workspace gets no GPU cluster for it.
+    result = run_cli(repo, "azureml", "submit", "--dry-run", "--pipeline", "scoring")
+    assert result.exit_code == 0, result.stderr
+    assert "would create compute cpu-cluster if missing" in result.stderr.splitlines()
+    assert "gpu-cluster" not in result.stderr
 
 
 def test_a_data_source_uploads_once(azurite: int, tmp_path: Path) -> None:  # noqa: F811

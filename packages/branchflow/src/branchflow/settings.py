@@ -98,7 +98,9 @@ SAVED_MODEL = {"sklearn": "a pickled estimator", "pytorch": "a torch.save or Tor
 
 
 AZUREML_SECTION = "[tool.branchflow.azureml]"
-DEFAULT_AZUREML_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+# A dated tag, never `:latest`: the same base on every workspace, today and next year. CPU-only
+# (the locked torch wheels bring their own CUDA runtime; the node's host brings the driver).
+DEFAULT_AZUREML_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20260715.v1"
 DISTRIBUTIONS = ("pytorch",)
 
 
@@ -107,14 +109,15 @@ class AzureMLStage:
     """`[tool.branchflow.azureml.stages.<stage>]`: how one DVC stage (or `foreach` group) runs.
 
     `distribution = "pytorch"` starts `process_count_per_instance` processes on each of
-    `instance_count` nodes; without a distribution, `instance_count > 1` shards the stage:
-    each node runs it on its share of the work. `timeout` is in seconds.
+    `instance_count` nodes (unset: one per GPU of the compute's size, `compile` says how many);
+    without a distribution, `instance_count > 1` shards the stage: each node runs it on its
+    share of the work. `timeout` is in seconds.
     """
 
     compute: str | None = None
     instance_count: int = 1
     distribution: str | None = None
-    process_count_per_instance: int = 1
+    process_count_per_instance: int | None = None
     timeout: int | None = None
 
     @property
@@ -616,11 +619,11 @@ def _azureml_stage(path: Path, name: str, table: object) -> AzureMLStage:
             f"{path}: [tool.branchflow] {key}.distribution must be one of "
             f"{', '.join(DISTRIBUTIONS)}, got {distribution!r}"
         )
-    counts = {
-        count: _count(path, f"{key}.{count}", table.get(count, 1))
-        for count in ("instance_count", "process_count_per_instance")
-    }
-    if distribution is None and counts["process_count_per_instance"] > 1:
+    instance_count = _count(path, f"{key}.instance_count", table.get("instance_count", 1))
+    processes = table.get("process_count_per_instance")
+    if processes is not None:
+        processes = _count(path, f"{key}.process_count_per_instance", processes)
+    if distribution is None and (processes or 1) > 1:
         raise BranchflowError(
             f"{path}: [tool.branchflow] {key} starts several processes per node without a "
             'distribution; set distribution = "pytorch" or drop process_count_per_instance'
@@ -630,7 +633,8 @@ def _azureml_stage(path: Path, name: str, table: object) -> AzureMLStage:
         compute=compute,
         distribution=distribution,
         timeout=None if timeout is None else _count(path, f"{key}.timeout", timeout),
-        **counts,
+        instance_count=instance_count,
+        process_count_per_instance=processes,
     )
 
 

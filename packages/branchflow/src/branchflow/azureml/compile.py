@@ -21,6 +21,13 @@ from typing import Any
 
 import yaml
 
+from branchflow.azureml.sizes import (
+    GPU_SIZES,
+    REPLACEMENT,
+    RETIRED,
+    is_cuda_package,
+    is_gpu,
+)
 from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
@@ -29,8 +36,13 @@ from branchflow.workspace.dag import Dag, DataSource, Step, ident, read_dag
 from branchflow.workspace.lock import environment_requirements
 from branchflow.workspace.pipelines import Pipeline, find_pipelines, pipeline_steps
 
-ENVIRONMENT_FILE = "environment.yml"
+ENVIRONMENT_FILE = "environment.yml"  # every node's, or the GPU nodes' when CPU nodes have theirs
 CONDA_FILE = "conda.yml"
+CPU_ENVIRONMENT_FILE = "environment-cpu.yml"  # nodes on a CPU cluster, when the pins hold CUDA
+CPU_CONDA_FILE = "conda-cpu.yml"
+# PyTorch's CPU builds: the same release without CUDA, `torch==2.11.0+cpu` from this index.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
 COMPONENTS = "components"
 DATA = "data"
 COMPUTES = "computes"
@@ -58,21 +70,34 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
     model_files = settings.model.artifacts.values() if settings.model else ()
     dag = read_dag(root, keep=model_files)
     stage_settings = _stage_settings(dag, aml)
+    pins = _requirements(root, aml)
     _check_computes(aml, stage_settings)
-    env_name, env_version, env_files = _environment(root, aml)
-    environment = f"azureml:{env_name}:{env_version}"
-    files = {f"{out}/{name}": text for name, text in env_files.items()}
+    cpu_nodes = {node for node, stage in stage_settings.items() if _on_cpu(aml, stage)}
+    split = bool(cpu_nodes) and any(is_cuda_package(pin) for pin in pins)
+    environments = {ENVIRONMENT_FILE: _environment(aml.environment.name, pins, aml)}
+    if split:
+        cpu_pins = _cpu_requirements(pins)
+        name = f"{aml.environment.name}-cpu"
+        environments[CPU_ENVIRONMENT_FILE] = _environment(name, cpu_pins, aml, cpu=True)
+    files = {
+        f"{out}/{name}": text
+        for environment in environments.values()
+        for name, text in environment.files.items()
+    }
     origins = {source.path: source.dvcfile for source in dag.data}
     for step in dag.steps:
-        component = _component(step, stage_settings[step.node], environment, origins)
+        file = CPU_ENVIRONMENT_FILE if split and step.node in cpu_nodes else ENVIRONMENT_FILE
+        stage = stage_settings[step.node]
+        component = _component(step, stage, environments[file].reference, origins)
         files[f"{out}/{COMPONENTS}/{step.node}.yml"] = _dump(component)
     for source in dag.data:
         asset = _data_asset(source, aml, settings.base_name)
         files[f"{out}/{DATA}/{asset['name']}.yml"] = _dump(asset)
     for name in aml.computes:
         files[f"{out}/{COMPUTES}/{name}.yml"] = _dump(_compute(name, aml))
+    processes = {node: _processes(aml, stage) for node, stage in stage_settings.items()}
     for pipeline in find_pipelines(root, settings):
-        job = _pipeline(dag, pipeline, aml, stage_settings, settings.base_name)
+        job = _pipeline(dag, pipeline, aml, stage_settings, processes, settings.base_name)
         files[f"{out}/{pipeline_file(pipeline.name)}"] = _dump(job)
     files[f"{out}/{GITIGNORE}"] = f"{HEADER}/{SNAPSHOTS}/\n"
     return Compiled(dag, files)
@@ -96,19 +121,56 @@ def _stale(root: Path, out: str, files: dict[str, str]) -> list[str]:
         for p in (root / out / folder).glob("*.yml")
     ]
     found += [f"{out}/{p.name}" for p in (root / out).glob(pipeline_file("*"))]
+    found += [f"{out}/{name}" for name in (CPU_ENVIRONMENT_FILE, CPU_CONDA_FILE)]
+    found = [path for path in found if (root / path).is_file()]
     return sorted(path for path in found if path not in files)
 
 
 def _check_computes(aml: AzureMLSettings, stages: dict[str, AzureMLStage]) -> None:
-    """A cluster branchflow creates must have room for every node count asked of it."""
-    for node, stage in stages.items():
-        compute = aml.computes.get(stage.compute or aml.compute)
-        if compute is not None and stage.instance_count > compute.max_instances:
+    """Every cluster branchflow creates is a size Azure still offers, with room for every node
+    count asked of it and a GPU for every process."""
+    for name, size in ((name, compute.size) for name, compute in aml.computes.items()):
+        if size in RETIRED:
             raise BranchflowError(
-                f"[tool.branchflow.azureml.computes.{stage.compute or aml.compute}] "
-                f"max_instances = {compute.max_instances}, but node {node} asks for "
-                f"instance_count = {stage.instance_count}; raise max_instances"
+                f"[tool.branchflow.azureml.computes.{name}] size = {size!r}: Azure retired it "
+                f"on {RETIRED[size]}; choose a current size, e.g. {REPLACEMENT}"
             )
+    for node, stage in stages.items():
+        name = stage.compute or aml.compute
+        compute = aml.computes.get(name)
+        if compute is None:
+            continue
+        if stage.instance_count > compute.max_instances:
+            raise BranchflowError(
+                f"[tool.branchflow.azureml.computes.{name}] max_instances = "
+                f"{compute.max_instances}, but node {node} asks for instance_count = "
+                f"{stage.instance_count}; raise max_instances"
+            )
+        gpu = GPU_SIZES.get(compute.size)
+        asked = stage.process_count_per_instance
+        if gpu and asked and asked > gpu.count:
+            raise BranchflowError(
+                f"[tool.branchflow.azureml.stages] {node} asks for process_count_per_instance "
+                f"= {asked}, but {compute.size} has {gpu.count} GPU(s) per node; each process "
+                f"takes one GPU: set it to {gpu.count} or drop it (one per GPU)"
+            )
+
+
+def _on_cpu(aml: AzureMLSettings, stage: AzureMLStage) -> bool:
+    """The node runs on a cluster branchflow configures with a CPU size; a cluster it does
+    not configure may have GPUs, so it gets the full environment."""
+    compute = aml.computes.get(stage.compute or aml.compute)
+    return compute is not None and not is_gpu(compute.size)
+
+
+def _processes(aml: AzureMLSettings, stage: AzureMLStage) -> int:
+    """Processes per node of a distributed stage: as configured, else one per GPU of the
+    size (1 where the size is not in `branchflow.azureml.sizes` or has no GPU)."""
+    if stage.process_count_per_instance:
+        return stage.process_count_per_instance
+    compute = aml.computes.get(stage.compute or aml.compute)
+    gpu = GPU_SIZES.get(compute.size) if compute else None
+    return gpu.count if gpu and stage.distribution else 1
 
 
 def _stage_settings(dag: Dag, aml: AzureMLSettings) -> dict[str, AzureMLStage]:
@@ -127,8 +189,14 @@ def _stage_settings(dag: Dag, aml: AzureMLSettings) -> dict[str, AzureMLStage]:
     }
 
 
-def _environment(root: Path, aml: AzureMLSettings) -> tuple[str, str, dict[str, str]]:
-    """Name, content-hash version and files of the environment (its YAML and conda spec)."""
+@dataclass(frozen=True)
+class _Environment:
+    reference: str  # azureml:<name>:<version>
+    files: dict[str, str]  # its YAML and conda spec, by name in the output folder
+
+
+def _requirements(root: Path, aml: AzureMLSettings) -> tuple[str, ...]:
+    """What every node installs: the lock's pins (or the configured list)."""
     env = aml.environment
     pip = environment_requirements(root, env.pip, env.lock_groups)
     if not pip and env.pip is None:
@@ -136,22 +204,58 @@ def _environment(root: Path, aml: AzureMLSettings) -> tuple[str, str, dict[str, 
             "the Azure ML environment would install nothing: the project has no uv.lock and no "
             "[project].dependencies; add them, or list [tool.branchflow.azureml.environment] pip"
         )
+    return pip
+
+
+def _cpu_requirements(pins: tuple[str, ...]) -> tuple[str, ...]:
+    """The pins without CUDA: no NVIDIA libraries or triton, and PyTorch's CPU build of the
+    same torch release (`+cpu`, from PyTorch's CPU index)."""
+    kept = [pin for pin in pins if not is_cuda_package(pin)]
+    cpu = [f"--extra-index-url {TORCH_CPU_INDEX}"] if any(map(_is_torch, kept)) else []
+    for pin in kept:
+        if _is_torch(pin):
+            spec, sep, marker = pin.partition(";")
+            pin = f"{spec.strip()}+cpu" + (f" ;{marker}" if sep else "")
+        cpu.append(pin)
+    return tuple(cpu)
+
+
+def _is_torch(pin: str) -> bool:
+    return pin.split("==", 1)[0].strip().lower() in TORCH_PACKAGES and "==" in pin
+
+
+def _environment(
+    name: str, pins: tuple[str, ...], aml: AzureMLSettings, *, cpu: bool = False
+) -> _Environment:
+    """An environment: base image and conda spec; its version is a hash of the two, so a
+    code-only change builds nothing new."""
+    env = aml.environment
     conda = {
-        "name": env.name,
+        "name": name,
         "channels": ["conda-forge"],
-        "dependencies": [f"python={env.python}", "pip", {"pip": list(pip)}],
+        "dependencies": [f"python={env.python}", "pip", {"pip": list(pins)}],
     }
     conda_text = _dump(conda)
     version = hashlib.sha256(f"{env.image}\n{conda_text}".encode()).hexdigest()[:16]
+    environment_file, conda_file = (
+        (CPU_ENVIRONMENT_FILE, CPU_CONDA_FILE) if cpu else (ENVIRONMENT_FILE, CONDA_FILE)
+    )
     spec = {
         "$schema": SCHEMA.format("environment"),
-        "name": env.name,
+        "name": name,
         "version": version,
-        "description": "Every DVC stage runs here; the version is a hash of the contents.",
+        "description": (
+            "Nodes on CPU clusters, without CUDA packages"
+            if cpu
+            else "Every node but those of an environment-cpu.yml"
+        )
+        + "; the version is a hash of the contents.",
         "image": env.image,
-        "conda_file": CONDA_FILE,
+        "conda_file": conda_file,
     }
-    return env.name, version, {ENVIRONMENT_FILE: _dump(spec), CONDA_FILE: conda_text}
+    return _Environment(
+        f"azureml:{name}:{version}", {environment_file: _dump(spec), conda_file: conda_text}
+    )
 
 
 def _component(
@@ -207,6 +311,7 @@ def _pipeline(
     pipeline: Pipeline,
     aml: AzureMLSettings,
     stages: dict[str, AzureMLStage],
+    processes: dict[str, int],
     base_name: str,
 ) -> dict[str, Any]:
     """The pipeline job of one dvc.yaml: its stages and those upstream of them."""
@@ -221,7 +326,7 @@ def _pipeline(
         if source.name in read
     }
     returned = [o.name for step in steps for o in step.outputs if o.returned]
-    jobs = {step.node: _job(step, stages[step.node], aml) for step in steps}
+    jobs = {step.node: _job(step, stages[step.node], processes[step.node], aml) for step in steps}
     return {
         "$schema": SCHEMA.format("pipelineJob"),
         "type": "pipeline",
@@ -233,7 +338,7 @@ def _pipeline(
     }
 
 
-def _job(step: Step, stage: AzureMLStage, aml: AzureMLSettings) -> dict[str, Any]:
+def _job(step: Step, stage: AzureMLStage, processes: int, aml: AzureMLSettings) -> dict[str, Any]:
     job: dict[str, Any] = {"type": "command", "component": f"./{COMPONENTS}/{step.node}.yml"}
     if stage.compute:
         job["compute"] = f"azureml:{stage.compute}"
@@ -242,7 +347,7 @@ def _job(step: Step, stage: AzureMLStage, aml: AzureMLSettings) -> dict[str, Any
     if stage.distribution or stage.sharded:  # a shard per node: RANK and WORLD_SIZE set
         job["distribution"] = {
             "type": stage.distribution or "pytorch",
-            "process_count_per_instance": stage.process_count_per_instance,
+            "process_count_per_instance": processes if stage.distribution else 1,
         }
     if stage.timeout:
         job["limits"] = {"timeout": stage.timeout}

@@ -20,6 +20,7 @@ import yaml
 
 from branchflow.azureml.compile import (
     COMPUTES,
+    CPU_ENVIRONMENT_FILE,
     DATA,
     ENVIRONMENT_FILE,
     compile_project,
@@ -36,6 +37,7 @@ from branchflow.workspace.pipelines import data_hash, find_pipeline, pipeline_st
 
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
 FAILED = frozenset({"Failed", "Canceled", "NotResponding"})
+STUCK = frozenset({"Paused", "Unknown"})  # states a job does not leave by itself
 POLL_SECONDS = 20
 
 
@@ -55,11 +57,12 @@ class Submission:
     its returned outputs go afterwards."""
 
     text: str
-    environment: Path
+    environments: tuple[Path, ...]  # the environment files its nodes run in
     returned: Mapping[str, str]  # pipeline output -> DVC path
     datastore: str
     data: tuple[DataUpload, ...]
-    computes: tuple[Path, ...]  # generated computes/<name>.yml
+    computes: tuple[Path, ...]  # generated computes/<name>.yml of the clusters its nodes use
+    processes: Mapping[str, int]  # cluster -> the most processes a node starts on one machine
 
     def plan(self) -> list[str]:
         """What `submit` creates when it is missing, one line each (for `--dry-run`)."""
@@ -112,6 +115,7 @@ def prepare(
         "tags": {key: value for key, value in tags.items() if value is not None},
         **pipeline,
     }
+    used = _used(root / out, pipeline)
     returned = {o.name: o.path for step in steps for o in step.outputs if o.returned}
     read = {item.producer_output for step in steps for item in step.inputs if not item.producer}
     prefix = settings.azureml.data_prefix
@@ -127,12 +131,42 @@ def prepare(
     )
     return Submission(
         text=yaml.safe_dump(document, sort_keys=False, width=1000),
-        environment=root / out / ENVIRONMENT_FILE,
+        environments=used.environments,
         returned=returned,
         datastore=settings.azureml.datastore,
         data=data,
-        computes=tuple(sorted((root / out / COMPUTES).glob("*.yml"))),
+        computes=tuple(
+            path
+            for path in sorted((root / out / COMPUTES).glob("*.yml"))
+            if path.stem in used.processes
+        ),
+        processes=used.processes,
     )
+
+
+@dataclass(frozen=True)
+class _Used:
+    environments: tuple[Path, ...]
+    processes: dict[str, int]  # cluster -> the most processes per machine of a node on it
+
+
+def _used(folder: Path, pipeline: dict[str, Any]) -> _Used:
+    """The environments and clusters the pipeline's nodes run on: only these are created."""
+    references = {}
+    for name in (ENVIRONMENT_FILE, CPU_ENVIRONMENT_FILE):
+        if (folder / name).is_file():
+            spec = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
+            references[f"azureml:{spec['name']}:{spec['version']}"] = folder / name
+    default = pipeline["settings"]["default_compute"].removeprefix("azureml:")
+    environments: set[Path] = set()
+    processes: dict[str, int] = {}
+    for job in pipeline["jobs"].values():
+        component = yaml.safe_load(Path(job["component"]).read_text(encoding="utf-8"))
+        environments.add(references[component["environment"]])
+        compute = job.get("compute", default).removeprefix("azureml:")
+        count = job.get("distribution", {}).get("process_count_per_instance", 1)
+        processes[compute] = max(processes.get(compute, 1), count)
+    return _Used(tuple(sorted(environments)), processes)
 
 
 def workspace(env: Mapping[str, str]) -> tuple[str, str, str]:
@@ -170,12 +204,13 @@ def submit(
     credential = DefaultAzureCredential()
     client = MLClient(credential, *workspace_ids)
     try:
-        _create_computes(client, submission.computes, log)
+        provision_computes(client, submission, log)
         _create_data(root, client, credential, submission, log)
-        environment = load_environment(source=submission.environment)
-        if not _exists(client.environments.get, environment.name, version=environment.version):
-            log(f"registering environment {environment.name}:{environment.version}")
-            client.environments.create_or_update(environment)
+        for path in submission.environments:
+            environment = load_environment(source=path)
+            if not _exists(client.environments.get, environment.name, version=environment.version):
+                log(f"registering environment {environment.name}:{environment.version}")
+                client.environments.create_or_update(environment)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "pipeline.yml"
             path.write_text(submission.text, encoding="utf-8")
@@ -190,31 +225,85 @@ def submit(
 
 
 def _exists(get: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    return _get(get, *args, **kwargs) is not None
+
+
+def _get(get: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What `get` returns, or None when the service has no such resource."""
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        get(*args, **kwargs)
+        return get(*args, **kwargs)
     except ResourceNotFoundError:
-        return False
-    return True
+        return None
 
 
-def _create_computes(client: Any, files: tuple[Path, ...], log: Callable[[str], None]) -> None:
-    """Create each configured cluster that does not exist; an existing one is used as it is."""
+def provision_computes(client: Any, submission: Submission, log: Callable[[str], None]) -> None:
+    """Create the clusters the pipeline uses that do not exist, after checking every one
+    against the sizes the workspace's region offers; bring an existing cluster's scale settings
+    to what its file says, and refuse one of another size or tier (Azure changes neither)."""
     from azure.ai.ml import load_compute
     from azure.ai.ml.entities import AmlCompute
 
-    for path in files:
+    wanted: list[AmlCompute] = []
+    for path in submission.computes:
         compute = load_compute(source=path)
-        assert isinstance(compute, AmlCompute), f"{path}: compile writes AmlCompute clusters"
-        if _exists(client.compute.get, compute.name):
-            log(f"compute {compute.name} exists; used as it is")
+        assert isinstance(compute, AmlCompute), "compile writes AmlCompute clusters only"
+        wanted.append(compute)
+    if not wanted:
+        return
+    offered = {str(size.name).lower(): size for size in client.compute.list_sizes()}
+    for compute in wanted:
+        size = offered.get(str(compute.size).lower())
+        if size is None:
+            gpus = sorted(s.name for s in offered.values() if s.gpus)
+            raise BranchflowError(
+                f"compute {compute.name}: the workspace's region offers no {compute.size} for "
+                f"Azure ML clusters (GPU sizes there: {', '.join(gpus) or 'none'}); set "
+                f"[tool.branchflow.azureml.computes.{compute.name}] size to one it offers"
+            )
+        processes = submission.processes.get(str(compute.name), 1)
+        if processes > 1 and processes > (size.gpus or 0):
+            raise BranchflowError(
+                f"compute {compute.name}: a node starts {processes} processes per machine, but "
+                f"{compute.size} has {size.gpus or 0} GPU(s); lower "
+                "process_count_per_instance, or choose a size with more GPUs"
+            )
+    for compute in wanted:
+        existing = _get(client.compute.get, compute.name)
+        if existing is None:
+            log(
+                f"creating compute {compute.name} ({compute.size}, {compute.min_instances}-"
+                f"{compute.max_instances} nodes)"
+            )
+            client.compute.begin_create_or_update(compute).result()
             continue
-        log(
-            f"creating compute {compute.name} ({compute.size}, {compute.min_instances}-"
-            f"{compute.max_instances} nodes)"
-        )
-        client.compute.begin_create_or_update(compute).result()
+        _reconcile(client, compute, existing, log)
+
+
+def _reconcile(client: Any, wanted: Any, existing: Any, log: Callable[[str], None]) -> None:
+    """An existing cluster keeps its size and tier (Azure cannot change them) and takes the
+    file's scale settings."""
+    key = f"[tool.branchflow.azureml.computes.{wanted.name}]"
+    for field, what in (("size", "size"), ("tier", "tier")):
+        have, want = getattr(existing, field), getattr(wanted, field)
+        if have is not None and str(have).lower() != str(want).lower():
+            raise BranchflowError(
+                f"compute {wanted.name} exists with {what} {have}, but {key} says {want}, and "
+                f"Azure cannot change a cluster's {what}: delete it (`az ml compute delete "
+                f"--name {wanted.name}`) and submit again, or set {what} = {have!r}"
+            )
+    scale = ("min_instances", "max_instances", "idle_time_before_scale_down")
+    changed = [
+        f"{name} {getattr(existing, name)} -> {getattr(wanted, name)}"
+        for name in scale
+        if getattr(existing, name) != getattr(wanted, name)
+    ]
+    if not changed:
+        log(f"compute {wanted.name} exists as configured")
+        return
+    log(f"updating compute {wanted.name}: {', '.join(changed)}")
+    client.compute.begin_update(wanted).result()
 
 
 def _create_data(
@@ -259,29 +348,77 @@ def _container(client: Any, credential: Any, datastore: str) -> Any:
 
 
 def _wait(client: Any, name: str, timeout: float, url: str, log: Callable[[str], None]) -> None:
-    """Print each status change of the job and its steps until it ends or `timeout` passes."""
-    deadline = time.monotonic() + timeout
+    """Print each status change of the job and its steps until it ends, is stuck or `timeout`
+    passes. The job is cancelled on a timeout, Ctrl-C or a failed poll; when the credentials
+    expire (an OIDC login lasts about an hour) it is left running and its URL printed."""
+    from azure.core.exceptions import AzureError, ClientAuthenticationError
+
+    started = time.monotonic()
     seen: dict[str, str] = {}
-    while True:
-        status = client.jobs.get(name).status
-        steps = {
-            f"{name}/{child.display_name or child.name}": child.status
-            for child in client.jobs.list(parent_job_name=name)
-        }
-        for key, value in {name: status, **steps}.items():
-            if seen.get(key) != value:
-                log(f"{key}: {value}")
-                seen[key] = value
-        if status == "Completed":
-            return
-        if status in FAILED:
-            raise BranchflowError(f"Azure ML job {name} ended {status}; see {url}")
-        if time.monotonic() >= deadline:
-            client.jobs.begin_cancel(name)
-            raise BranchflowError(
-                f"Azure ML job {name} still {status} after {timeout:g} s; cancelled it; see {url}"
-            )
-        time.sleep(POLL_SECONDS)
+    try:
+        while True:
+            status = _poll(client, name, seen, log)
+            if status == "Completed":
+                return
+            if status in FAILED:
+                raise BranchflowError(f"Azure ML job {name} ended {status}; see {url}")
+            if status in STUCK:
+                raise BranchflowError(
+                    f"Azure ML job {name} is {status} and will not finish by itself; see {url}"
+                )
+            if time.monotonic() - started >= timeout:
+                _cancel(client, name, log)
+                raise BranchflowError(
+                    f"Azure ML job {name} still {status} after {timeout:g} s; cancelled it; "
+                    f"see {url}"
+                )
+            time.sleep(POLL_SECONDS)
+    except ClientAuthenticationError:
+        raise BranchflowError(
+            f"the Azure credentials expired after {time.monotonic() - started:.0f} s of "
+            f"waiting; job {name} is still running: follow it at {url}"
+        ) from None
+    except KeyboardInterrupt:
+        _cancel(client, name, log)
+        raise BranchflowError(f"interrupted: cancelled Azure ML job {name}; see {url}") from None
+    except AzureError as exc:
+        _cancel(client, name, log)
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BranchflowError(
+            f"following Azure ML job {name} failed ({message}); cancelled it; see {url}"
+        ) from None
+
+
+def _poll(client: Any, name: str, seen: dict[str, str], log: Callable[[str], None]) -> str:
+    """The job's status, after printing each change of it and of its steps."""
+    status = _text(client.jobs.get(name).status)
+    steps = {
+        f"{name}/{child.display_name or child.name}": _text(child.status)
+        for child in client.jobs.list(parent_job_name=name)
+    }
+    for key, value in {name: status, **steps}.items():
+        if seen.get(key) != value:
+            log(f"{key}: {value}")
+            seen[key] = value
+    return status
+
+
+def _text(status: Any) -> str:
+    """A job status as the service spells it (the SDK gives enum members or strings)."""
+    return str(getattr(status, "value", status))
+
+
+def _cancel(client: Any, name: str, log: Callable[[str], None]) -> None:
+    """Ask Azure ML to cancel the job; a failure to do so is printed, not raised."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        client.jobs.begin_cancel(name)
+    except AzureError as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log(f"could not cancel {name} ({message}); cancel it in the studio")
+    else:
+        log(f"cancelling {name}")
 
 
 def _download(

@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from branchflow.azureml.compile import COMPONENTS, COMPUTES, DATA, ENVIRONMENT_FILE, pipeline_file
+from branchflow.azureml.compile import (
+    COMPONENTS,
+    COMPUTES,
+    CPU_ENVIRONMENT_FILE,
+    DATA,
+    ENVIRONMENT_FILE,
+    pipeline_file,
+)
 from branchflow.azureml.snapshot import write_snapshots
 from branchflow.errors import BranchflowError
 from branchflow.workspace.dag import Dag
@@ -136,6 +143,8 @@ def _sdk_problems(folder: Path) -> list[str]:
     problems: list[str] = []
     with _quiet_sdk():
         _load(problems, load_environment, folder / ENVIRONMENT_FILE)
+        if (folder / CPU_ENVIRONMENT_FILE).is_file():
+            _load(problems, load_environment, folder / CPU_ENVIRONMENT_FILE)
         for subfolder, loader in ((DATA, load_data), (COMPUTES, load_compute)):
             for path in sorted((folder / subfolder).glob("*.yml")):
                 _load(problems, loader, path)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     root = Path.cwd().resolve()
     env = {**os.environ, "DVC_ROOT": str(root), "DVC_STAGE": args.stage}
+    if env.get("PYTHONPATH"):  # relative entries name snapshot folders, whatever the wdir
+        env["PYTHONPATH"] = _rooted(root, env["PYTHONPATH"])
     rank = os.environ.get("RANK", "0")
     writes_outputs = args.shards or rank == "0"
     _log(f"DVC stage {args.stage}, dvc_stage_hash {args.stage_hash}")
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if writes_outputs:
             for path, _ in args.outputs:
                 _remove(_inside(root, path, "--out"))
+        for path, _ in args.outputs:  # the stage writes its outputs into existing folders
+            _inside(root, path, "--out").parent.mkdir(parents=True, exist_ok=True)
+        wdir.mkdir(parents=True, exist_ok=True)
         shell = os.environ.get("SHELL") or "/bin/sh"
         for command in args.commands:
             _log(f"> {command}")
@@ -109,6 +116,14 @@ def _pair(text: str) -> tuple[PurePosixPath, Path]:
     return relative, Path(folder).absolute()
 
 
+def _rooted(root: Path, pythonpath: str) -> str:
+    """`PYTHONPATH` with each relative entry made absolute from the snapshot root."""
+    return os.pathsep.join(
+        entry if not entry or os.path.isabs(entry) else str(root / entry)
+        for entry in pythonpath.split(os.pathsep)
+    )
+
+
 def _shard(rank: str, world_size: str) -> dict[str, str]:
     """The shard variables of this process, from the launcher's rank and world size."""
     if not (rank.isdigit() and world_size.isdigit() and int(rank) < int(world_size)):
@@ -141,7 +156,7 @@ def _link(target: Path, source: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target, ignore_errors=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
+    temporary = _temporary(target, "link")
     temporary.symlink_to(source, target_is_directory=source.is_dir())
     os.replace(temporary, target)
     _log(f"{os.path.relpath(target)} -> {source}")
@@ -177,9 +192,16 @@ def _copy(source: Path, target: Path, merge: bool) -> None:
 def _write(source: Path, target: Path) -> None:
     """Copy one file under a temporary name, then rename: readers never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = _temporary(target, "tmp")
     shutil.copyfile(source, temporary)
     os.replace(temporary, target)
+
+
+def _temporary(target: Path, suffix: str) -> Path:
+    """A name beside `target` that no other process, on this node or another writing to the
+    same mount, picks: host, process and a random part."""
+    unique = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+    return target.with_name(f".{target.name}.{unique}.{suffix}")
 
 
 def _log(message: str) -> None:

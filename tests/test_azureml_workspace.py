@@ -1,0 +1,157 @@
+"""`submit` against a workspace: the real `MLClient` over azure-core's transport, answered in
+the process by `tests.azure_workspace` (no Azure reached). What it creates, checks and follows."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from azure.ai.ml import MLClient
+
+from branchflow.azureml import submit
+from branchflow.azureml.sizes import GPU_SIZES, is_cuda_package
+from branchflow.errors import BranchflowError
+from tests.azure_workspace import SCOPE, WORKSPACE_IDS, Credential, Workspace, cluster
+from tests.test_azureml import OUT
+
+REGION = {"Standard_DS3_v2": 0, "Standard_NC4as_T4_v3": 1, "Standard_NC24ads_A100_v4": 1}
+
+
+@pytest.fixture(scope="module")
+def submissions(project_repo: Path) -> dict[str, submit.Submission]:
+    """The example's two pipelines as `submit` would send them (the committed project)."""
+    return {name: submit.prepare(project_repo, OUT, {}, name) for name in ("training", "scoring")}
+
+
+def client(workspace: Workspace) -> MLClient:
+    return MLClient(Credential(), *WORKSPACE_IDS, transport=workspace.transport())
+
+
+def created(workspace: Workspace) -> dict[str, dict]:
+    """The clusters the SDK asked the workspace to create or update: name -> its properties."""
+    return {
+        request.path.rsplit("/", 1)[1]: request.body["properties"]["properties"]
+        for request in workspace.requests
+        if request.method == "PUT" and "/computes/" in request.path
+    }
+
+
+def test_a_fresh_workspace_gets_only_the_clusters_each_pipeline_uses(submissions) -> None:
+    workspace, log = Workspace(sizes=REGION), []
+    submit.provision_computes(client(workspace), submissions["scoring"], log.append)
+    # The CPU-only scoring pipeline creates no GPU cluster.
+    scoring = created(workspace)
+    assert list(scoring) == ["cpu-cluster"]
+    assert scoring["cpu-cluster"]["vmSize"] == "Standard_DS3_v2"
+    assert scoring["cpu-cluster"]["scaleSettings"]["minNodeCount"] == 0
+    assert scoring["cpu-cluster"]["scaleSettings"]["maxNodeCount"] == 8
+    workspace.requests.clear()
+    submit.provision_computes(client(workspace), submissions["training"], log.append)
+    training = created(workspace)
+    assert list(training) == ["gpu-cluster"]  # the CPU cluster exists now, as configured
+    assert training["gpu-cluster"]["vmSize"] == "Standard_NC4as_T4_v3"
+    assert training["gpu-cluster"]["scaleSettings"]["maxNodeCount"] == 1
+    assert "compute cpu-cluster exists as configured" in log
+
+
+def test_a_size_the_region_does_not_offer_stops_submit_before_it_creates_anything(
+    submissions,
+) -> None:
+    workspace = Workspace(sizes={"Standard_DS3_v2": 0, "Standard_NC24ads_A100_v4": 1})
+    with pytest.raises(BranchflowError) as error:
+        submit.provision_computes(client(workspace), submissions["training"], print)
+    assert str(error.value) == (
+        "compute gpu-cluster: the workspace's region offers no Standard_NC4as_T4_v3 for Azure "
+        "ML clusters (GPU sizes there: Standard_NC24ads_A100_v4); set "
+        "[tool.branchflow.azureml.computes.gpu-cluster] size to one it offers"
+    )
+    assert created(workspace) == {}
+
+
+def test_more_processes_per_node_than_the_size_has_gpus_is_refused(submissions) -> None:
+    """Sizes outside branchflow's table are checked against the GPUs the region reports."""
+    crowded = dataclasses.replace(submissions["training"], processes={"gpu-cluster": 2})
+    workspace = Workspace(sizes=REGION)
+    with pytest.raises(BranchflowError, match="starts 2 processes per machine, but "):
+        submit.provision_computes(client(workspace), crowded, print)
+    assert created(workspace) == {}
+
+
+def test_an_existing_cluster_takes_new_scale_settings_and_refuses_a_new_size(
+    submissions,
+) -> None:
+    workspace, log = Workspace(sizes=REGION), []
+    workspace.computes["cpu-cluster"] = cluster("cpu-cluster", "STANDARD_DS3_V2", 4)
+    submit.provision_computes(client(workspace), submissions["scoring"], log.append)
+    assert "updating compute cpu-cluster: max_instances 4 -> 8" in log
+    assert created(workspace)["cpu-cluster"]["scaleSettings"]["maxNodeCount"] == 8
+
+    workspace = Workspace(sizes=REGION)
+    workspace.computes["cpu-cluster"] = cluster("cpu-cluster", "Standard_D2s_v3", 8)
+    with pytest.raises(BranchflowError) as error:
+        submit.provision_computes(client(workspace), submissions["scoring"], print)
+    assert str(error.value) == (
+        "compute cpu-cluster exists with size Standard_D2s_v3, but "
+        "[tool.branchflow.azureml.computes.cpu-cluster] says Standard_DS3_v2, and Azure cannot "
+        "change a cluster's size: delete it (`az ml compute delete --name cpu-cluster`) and "
+        "submit again, or set size = 'Standard_D2s_v3'"
+    )
+    assert created(workspace) == {}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "message", "cancelled"),
+    [
+        (["Running", "Completed"], None, False),
+        (["Running", "Paused"], "is Paused and will not finish by itself", False),
+        (["Queued", "Unknown"], "is Unknown and will not finish by itself", False),
+        (["Running", "Failed"], "ended Failed", False),
+        (["Running"], "still Running after 0 s; cancelled it", True),
+        # Each poll reads the job twice (its status, then its steps through run history).
+        (["Running", "Running", 401], "the Azure credentials expired after", False),
+        (["Running", "Running", 400], "following Azure ML job j1 failed", True),
+    ],
+)
+def test_waiting_ends_on_every_terminal_or_stuck_state(
+    monkeypatch: pytest.MonkeyPatch, statuses: list, message: str | None, cancelled: bool
+) -> None:
+    monkeypatch.setattr(submit, "POLL_SECONDS", 0)
+    workspace, log = Workspace(sizes={}), []
+    workspace.jobs["j1"] = list(statuses)
+    timeout = 0 if statuses == ["Running"] else 60
+    if message is None:
+        submit._wait(client(workspace), "j1", timeout, "https://studio/j1", log.append)
+    else:
+        with pytest.raises(BranchflowError, match=message):
+            submit._wait(client(workspace), "j1", timeout, "https://studio/j1", log.append)
+    cancels = [r for r in workspace.requests if r.path == f"{SCOPE}/jobs/j1/cancel"]
+    assert len(cancels) == int(cancelled)
+    assert log[0] == f"j1: {statuses[0]}"  # the service's spelling, not the SDK's enum
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and platform.machine() == "x86_64"),
+    reason="the lock's CUDA build of torch is its Linux x86-64 wheel",
+)
+def test_gpu_nodes_torch_runs_on_every_known_size_and_cpu_nodes_carry_no_cuda(
+    project_repo: Path,
+) -> None:
+    import torch
+
+    folder = project_repo / OUT
+    gpu = yaml.safe_load((folder / "conda.yml").read_text())["dependencies"][-1]["pip"]
+    cpu = yaml.safe_load((folder / "conda-cpu.yml").read_text())["dependencies"][-1]["pip"]
+    release = torch.__version__.split("+")[0]
+    assert any(pin.startswith(f"torch=={release} ") for pin in gpu)  # the wheel tested here
+    archs = torch._C._cuda_getArchFlags().split()  # from the wheel's own build
+    for size, card in GPU_SIZES.items():
+        assert f"sm_{card.capability}" in archs, (size, archs)
+    assert "sm_70" not in archs  # the V100 of the retired NCv3 sizes, which compile refuses
+    assert any(map(is_cuda_package, gpu))
+    assert not any(map(is_cuda_package, cpu)), cpu
+    assert cpu[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert any(pin.startswith(f"torch=={release}+cpu ") for pin in cpu)
