@@ -1,11 +1,13 @@
-"""`submit` against a workspace: the real `MLClient` over azure-core's transport, answered in
-the process by `tests.azure_workspace` (no Azure reached). What it creates, checks and follows."""
+"""`submit`: what it sends (a dev build's full data), and against a workspace, through the real
+`MLClient` over azure-core's transport answered in the process by `tests.azure_workspace` (no
+Azure reached), what it creates, checks and follows."""
 
 from __future__ import annotations
 
 import dataclasses
 import platform
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from branchflow.azureml import submit
 from branchflow.azureml.sizes import GPU_SIZES, is_cuda_package
 from branchflow.errors import BranchflowError
 from tests.azure_workspace import SCOPE, WORKSPACE_IDS, Credential, Workspace, cluster
-from tests.test_azureml import OUT
+from tests.conftest import init_repo, sh
+from tests.test_azureml import OUT, run_cli
 
 REGION = {"Standard_DS3_v2": 0, "Standard_NC4as_T4_v3": 1, "Standard_NC24ads_A100_v4": 1}
 
@@ -155,3 +158,61 @@ def test_gpu_nodes_torch_runs_on_every_known_size_and_cpu_nodes_carry_no_cuda(
     assert not any(map(is_cuda_package, cpu)), cpu
     assert cpu[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
     assert any(pin.startswith(f"torch=={release}+cpu ") for pin in cpu)
+
+
+@pytest.fixture(scope="module")
+def two_data_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose stage reads `${data}`: the toy set committed, the full set beside it,
+    both `dvc add`ed, compiled with the toy set."""
+    repo = tmp_path_factory.mktemp("two-data")
+    files = {
+        "pyproject.toml": '[project]\nname = "two-data"\ndependencies = ["pyyaml"]\n',
+        "params.yaml": "data: data/toy  # data/full in dev builds\n",
+        "dvc.yaml": """
+            stages:
+              count:
+                cmd: wc -l < ${data}/rows.txt > count.txt
+                deps: ["${data}"]
+                outs: [count.txt]
+        """,
+        "data/toy/rows.txt": "a\n",
+        "data/full/rows.txt": "a\nb\nc\n",
+    }
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(textwrap.dedent(text).lstrip())
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    sh("dvc", "add", "-q", "data/toy", "data/full", cwd=repo)
+    assert run_cli(repo, "azureml", "compile").exit_code == 0
+    return init_repo(repo)
+
+
+def test_a_dev_build_binds_the_full_data_it_sets(two_data_repo: Path, copy_repo) -> None:
+    repo = copy_repo(two_data_repo)
+    result = run_cli(repo, "azureml", "submit", "--dry-run", "-S", "data=data/full")
+    assert result.exit_code == 0, result.stderr
+    full = yaml.safe_load((repo / "data/full.dvc").read_text())["outs"][0]["md5"][:-4]
+    toy = yaml.safe_load((repo / "data/toy.dvc").read_text())["outs"][0]["md5"][:-4]
+    job = yaml.safe_load(result.stdout)
+    assert job["inputs"] == {
+        "dvc_data_full": {"type": "uri_folder", "path": f"azureml:two-data-data-full:{full}"}
+    }
+    assert toy not in result.stdout
+    assert "would upload full (data/full.dvc) and register data asset" in result.stderr
+    # As after `dvc exp run -S`: the params file says what ran, and the compiled files match it.
+    assert (repo / "params.yaml").read_text().startswith("data: data/full")
+    assert run_cli(repo, "azureml", "compile", "--check").exit_code == 0
+
+
+def test_a_bad_param_value_stops_submit_in_one_line(two_data_repo: Path, copy_repo) -> None:
+    repo = copy_repo(two_data_repo)
+    before = (repo / "params.yaml").read_text()
+    result = run_cli(repo, "azureml", "submit", "--dry-run", "-S", "data")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "error: -S data: Invalid `--set-param` value; give [FILE:]KEY=VALUE, as "
+        "`dvc exp run -S` takes it\n"
+    )
+    assert (repo / "params.yaml").read_text() == before

@@ -260,6 +260,22 @@ def test_the_dev_build_runs_the_model_on_the_compute_the_variable_names(
     assert started == runs
 
 
+def test_every_dev_build_runs_on_the_full_data_the_gpu_runner_gets() -> None:
+    """Azure ML pulls the same full data and sets the same params as `dvc exp run -S` does on a
+    runner: a dev build never trains on the toy set."""
+    jobs = load(GITHUB / "workflows" / "dev.yml")["jobs"]
+    runs = {name: [step.get("run", "") for step in jobs[name]["steps"]] for name in jobs}
+    gpu = [run for run in runs["train-gpu"] if run.startswith(("dvc pull", "dvc exp run"))]
+    pull, repro = gpu
+    assert pull == "dvc pull -r full data/raw/full"
+    params = shlex.split(repro)[shlex.split(repro).index("-S") :]
+    assert params == ["-S", "data.raw=data/raw/full"]
+    azure = runs["train-azureml"]
+    submit = next(run for run in azure if run.startswith("branchflow azureml submit"))
+    assert azure.index(pull) < azure.index(submit)
+    assert shlex.split(submit)[-2:] == params
+
+
 def branchflow_calls(run: str) -> Iterator[list[str]]:
     """The words of each `branchflow ...` command in a `run:` script."""
     for line in run.splitlines():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from branchflow.errors import BranchflowError
 from branchflow.settings import load_settings
 from branchflow.workspace.context import resolve_context
 from branchflow.workspace.naming import names_for
+from branchflow.workspace.params import set_params
 from branchflow.workspace.pipelines import data_hash, find_pipeline, pipeline_steps
 
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
@@ -75,12 +76,19 @@ class Submission:
 
 
 def prepare(
-    root: Path, out: str, env: Mapping[str, str], pipeline_name: str | None = None
+    root: Path,
+    out: str,
+    env: Mapping[str, str],
+    pipeline_name: str | None = None,
+    params: Sequence[str] = (),
 ) -> Submission:
     """The committed pipeline job of the pipeline `pipeline_name` (`find_pipeline`) with
     names, display name and tags for this checkout.
 
     Refuses a pipeline that is out of date with dvc.yaml, so what runs is what DVC would run.
+    With `params` (`[FILE:]KEY=VALUE`, as `dvc exp run -S`), sets them in the params files
+    first and rewrites the compiled files to match: a dev build's full data becomes the data
+    input of the nodes that read it, exactly as `dvc exp run -S` would repoint the stages.
     """
     settings = load_settings(root)
     compiled = compile_project(root, out, settings)
@@ -88,6 +96,10 @@ def prepare(
         raise BranchflowError(
             f"{out} is out of date with dvc.yaml; run `branchflow azureml compile` and commit"
         )
+    if params:
+        set_params(root, params)
+        compiled = compile_project(root, out, settings)
+        compiled.plan(root, out).apply(root)
     validate(root, out, compiled.dag)
     chosen = find_pipeline(root, settings, pipeline_name)
     steps = pipeline_steps(compiled.dag, chosen)

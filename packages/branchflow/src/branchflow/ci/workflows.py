@@ -107,6 +107,14 @@ class PipelineBuild:
     def dev_repro(self) -> str:
         return self._exp_run(self.dev_params)
 
+    @property
+    def azureml_submit(self) -> str:
+        """The dev build on Azure ML: the same params set as `dev_repro` sets."""
+        words = ["branchflow", "azureml", "submit", "--pipeline", self.name, "--wait"]
+        for value in self.dev_params:
+            words += ["-S", value]
+        return shlex.join(words)
+
     def retrain(self, param: str | None) -> str:
         """The retrain command: `param` (a params key) set to the watched data, `$DATA`."""
         command = self._exp_run(())

@@ -71,8 +71,22 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     "pipeline_name",
     help="The pipeline (a dvc.yaml) to submit; default: the only one, else training.",
 )
+@click.option(
+    "-S",
+    "--set-param",
+    "params",
+    multiple=True,
+    metavar="[FILE:]KEY=VALUE",
+    help="Set a param first, as `dvc exp run -S` does (a dev build's full data); the params "
+    "file and the compiled files are rewritten to match.",
+)
 def submit_command(
-    out: str, wait: bool, timeout: float, dry_run: bool, pipeline_name: str | None
+    out: str,
+    wait: bool,
+    timeout: float,
+    dry_run: bool,
+    pipeline_name: str | None,
+    params: tuple[str, ...],
 ) -> None:
     """Submit the compiled pipeline with this branch's experiment, display name and tags,
     after creating the computes, data assets and environment it needs that are missing."""
@@ -81,7 +95,7 @@ def submit_command(
     root = here()
     _check_out(out)
     ids = None if dry_run else workspace(os.environ)
-    submission = prepare(root, out, os.environ, pipeline_name)
+    submission = prepare(root, out, os.environ, pipeline_name, params)
     if ids is None:
         click.echo(submission.text, nl=False)
         for line in submission.plan():
