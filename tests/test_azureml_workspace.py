@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -25,9 +26,14 @@ REGION = {"Standard_DS3_v2": 0, "Standard_NC4as_T4_v3": 1, "Standard_NC24ads_A10
 
 
 @pytest.fixture(scope="module")
-def submissions(project_repo: Path) -> dict[str, submit.Submission]:
-    """The example's two pipelines as `submit` would send them (the committed project)."""
-    return {name: submit.prepare(project_repo, OUT, {}, name) for name in ("training", "scoring")}
+def submissions(
+    project_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, submit.Submission]:
+    """The example's two pipelines as `submit` would send them, from a copy of the committed
+    project (`prepare` rebuilds the snapshots, which other workers' copies must not see)."""
+    repo = tmp_path_factory.mktemp("submit") / "repo"
+    shutil.copytree(project_repo, repo, symlinks=True)
+    return {name: submit.prepare(repo, OUT, {}, name) for name in ("training", "scoring")}
 
 
 def client(workspace: Workspace) -> MLClient:
