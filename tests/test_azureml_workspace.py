@@ -181,6 +181,7 @@ def two_data_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 deps: ["${data}"]
                 outs: [count.txt]
         """,
+        ".dvcignore": "*.tmp\n",
         "data/toy/rows.txt": "a\n",
         "data/full/rows.txt": "a\nb\nc\n",
     }
@@ -222,3 +223,22 @@ def test_a_bad_param_value_stops_submit_in_one_line(two_data_repo: Path, copy_re
         "`dvc exp run -S` takes it\n"
     )
     assert (repo / "params.yaml").read_text() == before
+
+
+def test_submit_uploads_exactly_the_files_dvc_hashed(two_data_repo: Path, copy_repo) -> None:
+    repo = copy_repo(two_data_repo)
+    (repo / "data/full/scratch.tmp").write_text("left by an editor, .dvcignored\n")
+    upload = submit.DataUpload(
+        asset=repo / OUT / "data/two-data-data-full.yml",
+        local=repo / "data/full",
+        dvcfile="data/full.dvc",
+        prefix="dvc/md5",
+    )
+    assert submit.workspace_files(repo, upload) == [repo / "data/full/rows.txt"]
+    (repo / "data/full/rows.txt").write_text("edited after dvc add\n")
+    with pytest.raises(BranchflowError) as error:
+        submit.workspace_files(repo, upload)
+    assert str(error.value) == (
+        "data/full differs from data/full.dvc; run `dvc checkout data/full.dvc` (or `dvc pull "
+        "data/full.dvc`) before submitting"
+    )

@@ -330,24 +330,29 @@ def _create_data(
         if _exists(client.data.get, asset.name, version=asset.version):
             log(f"data asset {asset.name}:{asset.version} exists; nothing uploaded")
             continue
-        _check_workspace_data(root, upload)
+        files = workspace_files(root, upload)
         container = container or _container(client, credential, submission.datastore)
-        upload_source(container, upload.local, upload.prefix, log)
+        upload_source(container, upload.local, upload.prefix, log, files)
         log(f"registering data asset {asset.name}:{asset.version}")
         client.data.create_or_update(asset)
 
 
-def _check_workspace_data(root: Path, upload: DataUpload) -> None:
-    """Refuse to upload workspace data that differs from what its `.dvc` file records."""
+def workspace_files(root: Path, upload: DataUpload) -> list[Path]:
+    """The files of a data source that its DVC md5 covers (`.dvcignore`d ones left out, as DVC
+    leaves them out); refused when the workspace differs from what the `.dvc` file records."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         changed = repo.status(targets=[str(root / upload.dvcfile)])
-    if changed:
-        raise BranchflowError(
-            f"{upload.local.relative_to(root)} differs from {upload.dvcfile}; run "
-            f"`dvc checkout {upload.dvcfile}` (or `dvc pull {upload.dvcfile}`) before submitting"
-        )
+        if changed:
+            raise BranchflowError(
+                f"{upload.local.relative_to(root)} differs from {upload.dvcfile}; run "
+                f"`dvc checkout {upload.dvcfile}` (or `dvc pull {upload.dvcfile}`) before "
+                "submitting"
+            )
+        if upload.local.is_file():
+            return [upload.local]
+        return sorted(Path(p) for p in repo.dvcignore.find(repo.fs, str(upload.local)))
 
 
 def _container(client: Any, credential: Any, datastore: str) -> Any:

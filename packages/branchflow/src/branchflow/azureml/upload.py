@@ -9,7 +9,7 @@ interrupted one resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,20 @@ class Uploaded:
 
 
 def upload_source(
-    container: Any, local: Path, prefix: str, log: Callable[[str], None] = lambda _: None
+    container: Any,
+    local: Path,
+    prefix: str,
+    log: Callable[[str], None] = lambda _: None,
+    files: Sequence[Path] | None = None,
 ) -> Uploaded:
     """Upload the file or folder `local` to `<prefix>/<its name>` in a blob `container`
-    (an `azure.storage.blob.ContainerClient`)."""
+    (an `azure.storage.blob.ContainerClient`): `files` of it (default: every file)."""
     from azure.storage.blob import ContentSettings
 
     if not local.exists():
         raise BranchflowError(f"{local} not found; `dvc pull` it before submitting")
-    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    if files is None:
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     base = f"{prefix.strip('/')}/{local.name}"
     held = {
         blob.name: bytes(blob.content_settings.content_md5 or b"")
