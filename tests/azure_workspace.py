@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import requests
 from azure.core.credentials import AccessToken
@@ -42,6 +42,7 @@ class Credential:
 class Request:
     method: str
     path: str
+    query: dict[str, list[str]]
     body: dict[str, Any] | None
 
 
@@ -53,6 +54,8 @@ class Workspace(BaseAdapter):
     sizes: dict[str, int]
     computes: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, list[str | int]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # listed jobs (`past_job`)
+    children: dict[str, dict[str, bool]] = field(default_factory=dict)  # job -> node: reused
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -68,8 +71,9 @@ class Workspace(BaseAdapter):
         url = urlparse(request.url)
         body = json.loads(request.body) if request.body else None
         method = str(request.method)
-        self.requests.append(Request(method, url.path, body))
-        status, answer = self._answer(method, url.path, body)
+        query = parse_qs(url.query)
+        self.requests.append(Request(method, url.path, query, body))
+        status, answer = self._answer(method, url.path, query, body)
         content = json.dumps(answer).encode()
         headers = {"Content-Type": "application/json", "Content-Length": str(len(content))}
         response = requests.Response()
@@ -84,7 +88,9 @@ class Workspace(BaseAdapter):
     def close(self) -> None:
         pass
 
-    def _answer(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    def _answer(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, dict[str, Any]]:
         if path == SCOPE and method == "GET":
             properties = {"discoveryUrl": f"https://{API}/discovery"}
             return 200, {"id": SCOPE, "name": WORKSPACE, "location": LOCATION} | {
@@ -93,7 +99,12 @@ class Workspace(BaseAdapter):
         if path == "/discovery":
             return 200, {"api": f"https://{API}", "history": f"https://{API}"}
         if path.endswith("/children"):  # run history: the pipeline's steps
-            return 200, {"value": []}
+            nodes = self.children.get(path.split("/")[-2], {})
+            return 200, {"value": [_child(node, reused) for node, reused in nodes.items()]}
+        if path == f"{SCOPE}/jobs" and method == "GET":  # `tag`: jobs that have this tag key
+            keys = query.get("tag", [])
+            listed = [j for j in self.history if all(k in j["properties"]["tags"] for k in keys)]
+            return 200, {"value": listed}
         if path.endswith(f"/locations/{LOCATION}/vmSizes"):
             return 200, {"value": [_size(name, gpus) for name, gpus in self.sizes.items()]}
         found = re.fullmatch(re.escape(SCOPE) + r"/computes/([^/]+)", path)
@@ -136,6 +147,36 @@ def cluster(name: str, size: str, max_instances: int, tier: str = "Dedicated") -
             }
         },
     )
+
+
+def past_job(
+    name: str, experiment: str, status: str, tags: dict[str, str], created: str
+) -> dict[str, Any]:
+    """A pipeline job as the service lists it (`created`: an ISO time)."""
+    return {
+        "id": f"{SCOPE}/jobs/{name}",
+        "name": name,
+        "type": "Microsoft.MachineLearningServices/workspaces/jobs",
+        "systemData": {"createdAt": created, "createdBy": "ci", "createdByType": "Application"},
+        "properties": {
+            "jobType": "Pipeline",
+            "status": status,
+            "experimentName": experiment,
+            "tags": tags,
+            "jobs": {},
+            "inputs": {},
+            "outputs": {},
+            "settings": {},
+        },
+    }
+
+
+def _child(node: str, reused: bool) -> dict[str, Any]:
+    """A pipeline step as run history lists it; a reused one carries Azure ML's flag."""
+    properties = {"azureml.isreused": "true"} if reused else {}
+    return {"runId": f"step-{node}", "displayName": node, "status": "Completed"} | {
+        "properties": properties
+    }
 
 
 def _succeeded(name: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -376,6 +376,12 @@ def test_submit_without_workspace_variables_names_them_in_one_line(compiled: Pat
     )
     result = run_cli(compiled, "azureml", "submit", AZURE_SUBSCRIPTION_ID="0000")
     assert result.stderr.startswith("error: AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE not set")
+    result = run_cli(compiled, "azureml", "plan", "--pipeline", "training")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "error: AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE not set: set "
+        "them to the Azure ML workspace to compare with\n"
+    )
 
 
 @pytest.mark.e2e

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 import shutil
 import sys
 import textwrap
@@ -16,9 +17,17 @@ import yaml
 from azure.ai.ml import MLClient
 
 from branchflow.azureml import submit
+from branchflow.azureml.plan import Verdict
 from branchflow.azureml.sizes import GPU_SIZES, is_cuda_package
 from branchflow.errors import BranchflowError
-from tests.azure_workspace import SCOPE, WORKSPACE_IDS, Credential, Workspace, cluster
+from tests.azure_workspace import (
+    SCOPE,
+    WORKSPACE_IDS,
+    Credential,
+    Workspace,
+    cluster,
+    past_job,
+)
 from tests.conftest import init_repo, sh
 from tests.test_azureml import OUT, run_cli
 
@@ -241,4 +250,110 @@ def test_submit_uploads_exactly_the_files_dvc_hashed(two_data_repo: Path, copy_r
     assert str(error.value) == (
         "data/full differs from data/full.dvc; run `dvc checkout data/full.dvc` (or `dvc pull "
         "data/full.dvc`) before submitting"
+    )
+
+
+def planned(repo: Path, last: submit.Submission | None) -> list[str]:
+    """`azureml plan` of `repo`'s training pipeline against a workspace whose newest completed
+    job of the branch ran `last` (an older one and another branch's also listed)."""
+    now = submit.prepare(repo, OUT, {}, "training")
+    workspace = Workspace(sizes=REGION)
+    if last is not None:
+        recorded = yaml.safe_load(last.text)["tags"]
+        workspace.history = [
+            past_job(
+                "older",
+                now.experiment,
+                "Completed",
+                {**recorded, "branchflow.node.train": "x"},
+                "2026-12-01T09:00:00Z",
+            ),
+            past_job("newest", now.experiment, "Completed", recorded, "2026-12-01T10:00:00Z"),
+            past_job(
+                "failed", now.experiment, "Failed", {"branchflow.plan": "1"}, "2026-12-01T11:00:00Z"
+            ),
+            past_job(
+                "other",
+                "another_branch",
+                "Completed",
+                {"branchflow.plan": "1"},
+                "2026-12-01T12:00:00Z",
+            ),
+        ]
+    verdicts = submit.plan_submission(now, WORKSPACE_IDS, client(workspace))
+    listed = [r for r in workspace.requests if r.path == f"{SCOPE}/jobs"]
+    assert [r.query.get("tag") for r in listed] == [["branchflow.plan"]]
+    return [verdict.line() for verdict in verdicts]
+
+
+def test_plan_names_what_reruns_on_this_repository_and_why(project_repo: Path, copy_repo) -> None:
+    repo = copy_repo(project_repo)
+    before = submit.prepare(repo, OUT, {}, "training")
+    stages = ["validate", "frames", "features", "train", "evaluate"]
+    assert planned(repo, None) == [
+        f"rerun  {node}: no completed run of this branch's pipeline to reuse" for node in stages
+    ]
+    assert planned(repo, before) == [f"reuse  {node}: unchanged" for node in stages]
+
+    train = repo / "src/badpixels/train.py"
+    train.write_text(train.read_text() + "\n# a change to training\n")
+    assert run_cli(repo, "azureml", "compile").exit_code == 0  # new digests, as CI demands
+    changed = "its DVC stage changed (cmd, params, deps or data)"
+    assert planned(repo, before) == [
+        "reuse  validate: unchanged",
+        "reuse  frames: unchanged",
+        "reuse  features: unchanged",
+        f"rerun  train: {changed}; its code changed",
+        f"rerun  evaluate: {changed}",  # its digest holds train's, and it reads train's model
+    ]
+
+    sh("git", "checkout", "--", "src/badpixels/train.py", cwd=repo)
+    # A lock that pins another pyyaml (its block rewritten as `uv lock` would, hashes aside).
+    lock = repo / "uv.lock"
+    text = lock.read_text()
+    block = re.search(
+        r'\[\[package\]\]\nname = "pyyaml"\nversion = "([^"]+)".*?(?=\[\[package)', text, re.S
+    )
+    assert block is not None
+    lock.write_text(text.replace(block[0], block[0].replace(block[1], "6.0.0")))
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 0, result.stderr
+    assert "  - pyyaml==6.0.0 ;" in (repo / OUT / "conda.yml").read_text()
+    assert planned(repo, before) == [
+        f"rerun  {node}: its environment changed (the lock or the base image)" for node in stages
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reused", "message"),
+    [
+        ({"train": False, "evaluate": False, "frames": True}, None),
+        ({"train": True, "evaluate": False, "frames": True}, "train was reused, planned rerun"),
+        ({"train": False, "evaluate": False, "frames": False}, "frames was rerun, planned reused"),
+    ],
+)
+def test_after_waiting_submit_refuses_a_reuse_that_differs_from_the_plan(
+    reused: dict[str, bool], message: str | None
+) -> None:
+    verdicts = [
+        Verdict("frames", False, "unchanged"),
+        Verdict("train", True, "its code changed"),
+        Verdict("evaluate", True, "upstream train reruns"),
+    ]
+    workspace, log = Workspace(sizes={}), []
+    workspace.jobs["j1"], workspace.children["j1"] = ["Completed"], reused
+    if message is None:
+        submit.check_reuse(client(workspace), "j1", verdicts, log.append)
+        assert log == ["j1: Azure ML reused and reran the nodes as planned"]
+    else:
+        with pytest.raises(BranchflowError, match=message):
+            submit.check_reuse(client(workspace), "j1", verdicts, log.append)
+
+
+def test_the_reuse_flag_is_the_one_azure_ai_ml_reads() -> None:
+    from azure.ai.ml.constants._job.pipeline import PipelineConstants
+
+    assert submit.REUSED == (
+        PipelineConstants.REUSED_FLAG_FIELD,
+        PipelineConstants.REUSED_FLAG_TRUE,
     )

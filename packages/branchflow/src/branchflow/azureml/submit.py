@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,16 @@ from branchflow.azureml.compile import (
     data_asset_name,
     pipeline_file,
 )
+from branchflow.azureml.plan import (
+    PLAN_TAG,
+    NodeState,
+    Verdict,
+    node_states,
+    plan,
+    recorded,
+    upstream_nodes,
+)
+from branchflow.azureml.plan import tags as plan_tags
 from branchflow.azureml.upload import upload_source
 from branchflow.azureml.validate import validate
 from branchflow.errors import BranchflowError
@@ -39,6 +50,8 @@ from branchflow.workspace.pipelines import data_hash, find_pipeline, pipeline_st
 WORKSPACE_VARIABLES = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
 FAILED = frozenset({"Failed", "Canceled", "NotResponding"})
 STUCK = frozenset({"Paused", "Unknown"})  # states a job does not leave by itself
+# The run property of a reused node, as azure-ai-ml reads it (PipelineConstants, not public).
+REUSED = ("azureml.isreused", "true")
 POLL_SECONDS = 20
 
 
@@ -64,6 +77,9 @@ class Submission:
     data: tuple[DataUpload, ...]
     computes: tuple[Path, ...]  # generated computes/<name>.yml of the clusters its nodes use
     processes: Mapping[str, int]  # cluster -> the most processes a node starts on one machine
+    experiment: str
+    states: Mapping[str, NodeState]  # what each node's reuse depends on (`azureml.plan`)
+    upstream: Mapping[str, tuple[str, ...]]
 
     def plan(self) -> list[str]:
         """What `submit` creates when it is missing, one line each (for `--dry-run`)."""
@@ -119,12 +135,15 @@ def prepare(
         "build_id": context.build_id,
         "run_url": context.run_url,
     }
+    default = pipeline["settings"]["default_compute"].removeprefix("azureml:")
+    states = node_states(root, steps, pipeline["jobs"], default)
     head = {key: pipeline.pop(key) for key in ("$schema", "type")}
     document = {
         **head,
         "experiment_name": names.experiment,
         "display_name": names.run_name,
-        "tags": {key: value for key, value in tags.items() if value is not None},
+        "tags": {key: value for key, value in tags.items() if value is not None}
+        | plan_tags(states),
         **pipeline,
     }
     used = _used(root / out, pipeline)
@@ -153,6 +172,9 @@ def prepare(
             if path.stem in used.processes
         ),
         processes=used.processes,
+        experiment=names.experiment,
+        states=states,
+        upstream=upstream_nodes(steps),
     )
 
 
@@ -181,13 +203,14 @@ def _used(folder: Path, pipeline: dict[str, Any]) -> _Used:
     return _Used(tuple(sorted(environments)), processes)
 
 
-def workspace(env: Mapping[str, str]) -> tuple[str, str, str]:
+def workspace(
+    env: Mapping[str, str], purpose: str = "submit to, or use --dry-run"
+) -> tuple[str, str, str]:
     """Subscription, resource group and workspace, or one error naming what is missing."""
     missing = [name for name in WORKSPACE_VARIABLES if not env.get(name)]
     if missing:
         raise BranchflowError(
-            f"{', '.join(missing)} not set: set them to the Azure ML workspace to submit to, "
-            "or use --dry-run"
+            f"{', '.join(missing)} not set: set them to the Azure ML workspace to {purpose}"
         )
     subscription, group, name = (env[variable] for variable in WORKSPACE_VARIABLES)
     return subscription, group, name
@@ -203,19 +226,14 @@ def submit(
     log: Callable[[str], None],
 ) -> None:
     """Create what is missing (computes, data assets, the environment), submit the job; with
-    `wait`, follow it and fetch its results."""
-    try:
-        from azure.ai.ml import MLClient, load_environment, load_job
-        from azure.core.exceptions import AzureError
-        from azure.identity import DefaultAzureCredential
-    except ImportError as exc:
-        raise BranchflowError(
-            f"submitting needs the Azure ML SDK ({exc.name} is missing); "
-            'pip install "branchflow[azure]"'
-        ) from exc
-    credential = DefaultAzureCredential()
-    client = MLClient(credential, *workspace_ids)
-    try:
+    `wait`, follow it, check its reuse against the plan and fetch its results."""
+    from azure.ai.ml import load_environment, load_job
+
+    client, credential = _client(workspace_ids)
+    with _azure_errors():
+        verdicts = plan(submission.states, submission.upstream, last_states(client, submission))
+        for verdict in verdicts:
+            log(verdict.line())
         provision_computes(client, submission, log)
         _create_data(root, client, credential, submission, log)
         for path in submission.environments:
@@ -230,8 +248,41 @@ def submit(
         log(f"submitted {job.name}: {job.studio_url}")
         if wait:
             _wait(client, job.name, timeout, job.studio_url, log)
+            check_reuse(client, job.name, verdicts, log)
             _download(client, job.name, submission.returned, root, log)
-    except AzureError as exc:  # MlException included
+
+
+def plan_submission(
+    submission: Submission, workspace_ids: tuple[str, str, str], client: Any = None
+) -> list[Verdict]:
+    """What Azure ML would reuse and rerun of `submission` now, against the workspace."""
+    client = client or _client(workspace_ids)[0]
+    with _azure_errors():
+        return plan(submission.states, submission.upstream, last_states(client, submission))
+
+
+def _client(workspace_ids: tuple[str, str, str]) -> tuple[Any, Any]:
+    """An `MLClient` of the workspace with `DefaultAzureCredential`, and the credential."""
+    try:
+        from azure.ai.ml import MLClient
+        from azure.identity import DefaultAzureCredential
+    except ImportError as exc:
+        raise BranchflowError(
+            f"talking to Azure ML needs its SDK ({exc.name} is missing); "
+            'pip install "branchflow[azure]"'
+        ) from exc
+    credential = DefaultAzureCredential()
+    return MLClient(credential, *workspace_ids), credential
+
+
+@contextmanager
+def _azure_errors() -> Iterator[None]:
+    """An error of the Azure SDK (MlException included) as one line."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        yield
+    except AzureError as exc:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BranchflowError(f"Azure ML: {message}") from exc
 
@@ -248,6 +299,44 @@ def _get(get: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return get(*args, **kwargs)
     except ResourceNotFoundError:
         return None
+
+
+def last_states(client: Any, submission: Submission) -> dict[str, NodeState] | None:
+    """The node states recorded by the newest completed job of the submission's experiment,
+    or None when it has none (`submit` records them as tags; see `branchflow.azureml.plan`)."""
+    jobs = [
+        job
+        for job in client.jobs.list(tag=PLAN_TAG)
+        if job.experiment_name == submission.experiment and _text(job.status) == "Completed"
+    ]
+    if not jobs:
+        return None
+    newest = max(jobs, key=lambda job: job.creation_context.created_at)
+    return recorded(newest.tags or {})
+
+
+def check_reuse(
+    client: Any, name: str, verdicts: Sequence[Verdict], log: Callable[[str], None]
+) -> None:
+    """Compare what Azure ML reused in job `name` with the plan; refuse any difference (a node
+    reused that should have rerun would carry a stale output)."""
+    flag, true = REUSED
+    reused = {
+        str(child.display_name or child.name): (child.properties or {}).get(flag) == true
+        for child in client.jobs.list(parent_job_name=name)
+    }
+    wrong = [
+        f"{verdict.node} was {'reused' if reused[verdict.node] else 'rerun'}, planned "
+        f"{'rerun' if verdict.rerun else 'reused'}"
+        for verdict in verdicts
+        if verdict.node in reused and reused[verdict.node] == verdict.rerun
+    ]
+    if wrong:
+        raise BranchflowError(
+            f"Azure ML job {name} did not reuse as planned: {'; '.join(wrong)}; compare the "
+            "nodes' snapshots, environments and settings in the studio"
+        )
+    log(f"{name}: Azure ML reused and reran the nodes as planned")
 
 
 def provision_computes(client: Any, submission: Submission, log: Callable[[str], None]) -> None:

@@ -104,6 +104,34 @@ def submit_command(
     submit(root, submission, ids, wait=wait, timeout=timeout, log=click.echo)
 
 
+@azureml.command("plan")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help=OUT_HELP)
+@click.option(
+    "--pipeline",
+    "pipeline_name",
+    help="The pipeline (a dvc.yaml) to plan; default: the only one, else training.",
+)
+@click.option(
+    "-S",
+    "--set-param",
+    "params",
+    multiple=True,
+    metavar="[FILE:]KEY=VALUE",
+    help="Set a param first, as `submit -S` does.",
+)
+def plan_command(out: str, pipeline_name: str | None, params: tuple[str, ...]) -> None:
+    """List each node Azure ML would reuse or rerun if this tree were submitted, and why,
+    against the last completed job of this branch's pipeline in the workspace."""
+    from branchflow.azureml.submit import plan_submission, prepare, workspace
+
+    root = here()
+    _check_out(out)
+    ids = workspace(os.environ, "compare with")
+    submission = prepare(root, out, os.environ, pipeline_name, params)
+    for verdict in plan_submission(submission, ids):
+        click.echo(verdict.line())
+
+
 def _check_out(out: str) -> None:
     if Path(out).is_absolute() or ".." in Path(out).parts:
         raise BranchflowError(f"--out {out}: give a folder inside the repository, relative")
