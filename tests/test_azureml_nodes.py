@@ -120,6 +120,21 @@ def test_the_wrapper_touches_nothing_outside_its_snapshot(
     assert not (snapshot / "written-by-stage").exists()  # refused before the command ran
 
 
+def test_the_stage_talks_to_the_configured_mlflow_not_the_workspaces(tmp_path: Path) -> None:
+    """Azure ML sets MLFLOW_TRACKING_URI to its workspace (`azureml://`); with
+    `mlflow_tracking_uri` configured, the stage sees the team's server instead."""
+    result = run_wrapper(
+        tmp_path,
+        "--",
+        'echo "$MLFLOW_TRACKING_URI $MLFLOW_REGISTRY_URI" > seen.txt',
+        MLFLOW_TRACKING_URI="azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s",
+        BRANCHFLOW_MLFLOW_TRACKING_URI="https://mlflow.team.example",
+    )
+    assert result.returncode == 0, result.stderr
+    seen = (tmp_path / "seen.txt").read_text()
+    assert seen == "https://mlflow.team.example https://mlflow.team.example\n"
+
+
 def test_shards_add_their_files_to_one_output_folder(tmp_path: Path) -> None:
     """Each shard writes its part; shared files (same bytes) are replaced whole."""
     mount = tmp_path / "mount"
@@ -335,17 +350,24 @@ def test_a_retired_size_or_more_processes_than_gpus_is_an_error(
     assert result.stderr == f"error: {message}\n"
 
 
-def test_a_gpu_size_gets_one_process_per_gpu(tmp_path: Path) -> None:
+def test_a_gpu_size_gets_one_process_per_gpu_and_nodes_the_configured_mlflow(
+    tmp_path: Path,
+) -> None:
     repo = make_subfolder_project(tmp_path / "repo")
     (repo / "pyproject.toml").write_text(
         '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n\n'
+        '[tool.branchflow.azureml]\nmlflow_tracking_uri = "https://mlflow.team.example"\n\n'
         '[tool.branchflow.azureml.computes.gpu]\nsize = "Standard_NC64as_T4_v3"\n\n'
         '[tool.branchflow.azureml.stages."pipelines/train/dvc.yaml:prepare"]\n'
         'compute = "gpu"\ndistribution = "pytorch"\n'
     )
     compile_repo(repo)
     job = load_job(source=repo / OUT / "pipeline-train.yml")
-    assert job.jobs["pipelines_train_prepare"].distribution.process_count_per_instance == 4
+    node = job.jobs["pipelines_train_prepare"]
+    assert node.distribution.process_count_per_instance == 4
+    assert node.environment_variables == {
+        "BRANCHFLOW_MLFLOW_TRACKING_URI": "https://mlflow.team.example"
+    }
 
 
 def test_submit_dry_run_names_every_create(project_repo: Path, copy_repo) -> None:

@@ -177,3 +177,22 @@ def test_shards_split_the_work_and_cover_it_once(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BRANCHFLOW_SHARD_INDEX", "3")
     with pytest.raises(StageError, match="need 0 <= index < count"):
         shard(items)
+
+
+def test_an_azure_ml_tracking_uri_without_its_plugin_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What an Azure ML node sets; azureml-mlflow caps MLflow below the locked one."""
+    from badpixels.score import tracking_uri
+    from badpixels.stage import StageError
+
+    uri = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/g"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(StageError) as error:
+        tracking_uri()
+    assert str(error.value) == (
+        "MLFLOW_TRACKING_URI is an Azure ML workspace (azureml://westeurope.api.azureml.ms/"
+        "mlflow/v1.0), which MLflow reads only with the azureml-mlflow plugin, not installed "
+        "here; point it at the registry that holds the pinned model (on Azure ML nodes: "
+        "[tool.branchflow.azureml] mlflow_tracking_uri)"
+    )

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -85,6 +86,13 @@ def read_pin(path: Path) -> Pin:
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI`, else the project's local store (which must exist)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith("azureml:") and not _has_azureml_plugin():
+        raise StageError(
+            f"MLFLOW_TRACKING_URI is an Azure ML workspace ({uri.split('/subscriptions')[0]}), "
+            "which MLflow reads only with the azureml-mlflow plugin, not installed here; point "
+            "it at the registry that holds the pinned model (on Azure ML nodes: "
+            "[tool.branchflow.azureml] mlflow_tracking_uri)"
+        )
     if uri:
         return uri
     store = Path.cwd().resolve() / LOCAL_STORE
@@ -94,6 +102,13 @@ def tracking_uri() -> str:
             "`branchflow register` and `branchflow promote` here first"
         )
     return f"sqlite:///{store}"
+
+
+def _has_azureml_plugin() -> bool:
+    try:
+        return importlib.util.find_spec("azureml.mlflow") is not None
+    except ModuleNotFoundError:  # no `azureml` package at all
+        return False
 
 
 def download(pin: Pin, pin_path: Path, dest: Path) -> Path:

@@ -158,14 +158,16 @@ class AzureMLSettings:
     """`[tool.branchflow.azureml]`: compute, data and environment of the compiled pipeline.
 
     `pythonpath` lists folders (relative to the repository root) put on `PYTHONPATH` of every
-    stage; `stages` maps DVC stage names to run settings; `computes` names the clusters
-    `submit` creates when they are missing.
+    stage; `mlflow_tracking_uri` is the MLflow server stages talk to instead of the workspace's
+    own (`azureml://`, which the Azure ML service sets); `stages` maps DVC stage names to run
+    settings; `computes` names the clusters `submit` creates when they are missing.
     """
 
     compute: str = "cpu-cluster"
     datastore: str = "workspaceblobstore"
     data_prefix: str = "dvc"
     pythonpath: tuple[str, ...] = ()
+    mlflow_tracking_uri: str | None = None
     environment: AzureMLEnvironment = field(default_factory=AzureMLEnvironment)
     stages: Mapping[str, AzureMLStage] = field(default_factory=dict)
     computes: Mapping[str, AzureMLCompute] = field(default_factory=dict)
@@ -575,7 +577,7 @@ def _azureml_settings(path: Path, table: object, base: str) -> AzureMLSettings:
     table = _table(path, AZUREML_SECTION, table, AZUREML_KEYS)
     text = {
         key: _string(path, f"azureml.{key}", table[key])
-        for key in ("compute", "datastore", "data_prefix")
+        for key in ("compute", "datastore", "data_prefix", "mlflow_tracking_uri")
         if key in table
     }
     env = _table(
@@ -592,6 +594,7 @@ def _azureml_settings(path: Path, table: object, base: str) -> AzureMLSettings:
         datastore=text.get("datastore", "workspaceblobstore"),
         data_prefix=text.get("data_prefix", "dvc").strip("/"),
         pythonpath=_relative_paths(path, "azureml.pythonpath", table.get("pythonpath", [])),
+        mlflow_tracking_uri=text.get("mlflow_tracking_uri"),
         environment=AzureMLEnvironment(
             name=_string(path, "azureml.environment.name", env.get("name", base)),
             image=_string(

@@ -29,6 +29,7 @@ from branchflow.azureml.sizes import (
     is_gpu,
 )
 from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
+from branchflow.azureml.wrapper import TRACKING_VARIABLE
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
 from branchflow.settings import AzureMLSettings, AzureMLStage, Settings, load_settings
@@ -351,8 +352,12 @@ def _job(step: Step, stage: AzureMLStage, processes: int, aml: AzureMLSettings) 
         }
     if stage.timeout:
         job["limits"] = {"timeout": stage.timeout}
-    if aml.pythonpath:
-        job["environment_variables"] = {"PYTHONPATH": ":".join(aml.pythonpath)}
+    variables = {
+        "PYTHONPATH": ":".join(aml.pythonpath),
+        TRACKING_VARIABLE: aml.mlflow_tracking_uri or "",
+    }
+    if any(variables.values()):
+        job["environment_variables"] = {key: value for key, value in variables.items() if value}
     inputs = {"dvc_stage_hash": step.digest}
     for item in step.inputs:
         origin = f"jobs.{item.producer}.outputs" if item.producer else "inputs"

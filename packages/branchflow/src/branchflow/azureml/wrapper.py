@@ -32,6 +32,9 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
+# The MLflow server of `[tool.branchflow.azureml] mlflow_tracking_uri`: the stage gets it as
+# MLFLOW_TRACKING_URI (and registry URI), whatever the service set (its workspace, azureml://).
+TRACKING_VARIABLE = "BRANCHFLOW_MLFLOW_TRACKING_URI"
 SHARD_INDEX = "BRANCHFLOW_SHARD_INDEX"
 SHARD_COUNT = "BRANCHFLOW_SHARD_COUNT"
 
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "DVC_ROOT": str(root), "DVC_STAGE": args.stage}
     if env.get("PYTHONPATH"):  # relative entries name snapshot folders, whatever the wdir
         env["PYTHONPATH"] = _rooted(root, env["PYTHONPATH"])
+    if env.get(TRACKING_VARIABLE):
+        env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = env[TRACKING_VARIABLE]
     rank = os.environ.get("RANK", "0")
     writes_outputs = args.shards or rank == "0"
     _log(f"DVC stage {args.stage}, dvc_stage_hash {args.stage_hash}")
