@@ -134,6 +134,51 @@ def test_foreach_wdir_and_nested_dvc_yaml_stages(project, monkeypatch) -> None:
     assert result.stdout == "all 4 stages declare their local imports\n"
 
 
+# A course-style layout: stages under src/stages import `src.*` from the repository root,
+# which only a PYTHONPATH exported in the shell (or a sys.path edit) puts on their path.
+COURSE = {
+    "src/__init__.py": "",
+    "src/stages/train.py": "import sys\n\nfrom src.utils.logs import get_logger\n",
+    "src/utils/__init__.py": "",
+    "src/utils/logs.py": "import logging\n\n\ndef get_logger():\n    return logging\n",
+}
+
+
+def test_an_import_only_a_pythonpath_set_elsewhere_resolves_is_reported(
+    project, monkeypatch
+) -> None:
+    stage = {"cmd": "python src/stages/train.py", "deps": ["src/stages/train.py"]}
+    repo = project({"train": stage}, COURSE)
+    result = check(repo, monkeypatch)
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines() == [
+        "stage train: src/__init__.py, src/utils/__init__.py, src/utils/logs.py not in deps "
+        "(imported by python src/stages/train.py)",
+        "stage train: imports src.utils.logs from ., which only a PYTHONPATH or sys.path set "
+        "outside dvc.yaml provides; add '.' to [tool.branchflow.azureml] pythonpath (the "
+        "builds' and Azure ML's PYTHONPATH)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cmd", "pyproject"),
+    [
+        ("PYTHONPATH=. python src/stages/train.py", ""),
+        ("export PYTHONPATH=$PWD && python src/stages/train.py", ""),
+        ("python src/stages/train.py", '[tool.branchflow.azureml]\npythonpath = ["."]\n'),
+    ],
+)
+def test_a_pythonpath_the_cmd_or_the_settings_give_is_an_import_root(
+    project, monkeypatch, cmd: str, pyproject: str
+) -> None:
+    repo = project(
+        {"train": {"cmd": cmd, "deps": ["src"]}}, {**COURSE, "pyproject.toml": pyproject}
+    )
+    result = check(repo, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "all 1 stages declare their local imports\n"
+
+
 def test_stdlib_and_third_party_imports_are_never_listed(project) -> None:
     files = {
         "run.py": (

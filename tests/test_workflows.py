@@ -260,6 +260,25 @@ def test_the_dev_build_runs_the_model_on_the_compute_the_variable_names(
     assert started == runs
 
 
+def test_every_job_that_reproduces_has_the_configured_import_folders_on_pythonpath() -> None:
+    """`[tool.branchflow.azureml] pythonpath`, from the checkout: what `branchflow check`
+    resolves imports against is what the builds' stages get (as Azure ML's nodes do)."""
+    folders = load_settings(ROOT).azureml.pythonpath
+    wanted = ":".join(f"${{{{ github.workspace }}}}/{folder}" for folder in folders)
+    reproducing = [
+        (path.name, name, job)
+        for path in WORKFLOWS
+        for name, job in load(path)["jobs"].items()
+        if any(
+            "dvc repro" in s.get("run", "") or "dvc exp run" in s.get("run", "")
+            for s in job.get("steps", [])
+        )
+    ]
+    assert len(reproducing) >= 5
+    for workflow, name, job in reproducing:
+        assert job["env"]["PYTHONPATH"] == wanted, (workflow, name)
+
+
 def test_every_dev_build_runs_on_the_full_data_the_gpu_runner_gets() -> None:
     """Azure ML pulls the same full data and sets the same params as `dvc exp run -S` does on a
     runner: a dev build never trains on the toy set."""

@@ -264,9 +264,22 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "dev_branch": settings.dev_branch,
         "main_branch": settings.main_branch,
         "retrain": ci.retrain,
+        "pythonpath": _pythonpath(settings),
         "gpu_secrets": GPU_CLOUD_SECRETS[ci.gpu_runner.cloud],
         "gpu_launch": _gpu_launch(ci.gpu_runner),
     }
+
+
+def _pythonpath(settings: Settings) -> str:
+    """The jobs' PYTHONPATH: the folders of `[tool.branchflow.azureml] pythonpath`, from the
+    checkout (absolute, so a stage's `wdir` does not change it); "" when none or when
+    `[tool.branchflow.ci] env` sets PYTHONPATH itself."""
+    if "PYTHONPATH" in settings.ci.env:
+        return ""
+    workspace = "${{ github.workspace }}"
+    return ":".join(
+        f"{workspace}/{path}".removesuffix("/.") for path in settings.azureml.pythonpath
+    )
 
 
 def _gpu_launch(runner: GpuRunnerSettings) -> list[str]:

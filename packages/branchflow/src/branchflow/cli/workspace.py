@@ -48,14 +48,16 @@ def context_command(output_format: str, pipeline_type: str) -> None:
 @click.command("check")
 @click.pass_context
 def check_command(ctx: click.Context) -> None:
-    """List the local Python modules each DVC stage imports but does not declare in `deps`;
-    exit 1 when there are any."""
+    """List the local Python modules each DVC stage imports but does not declare in `deps`,
+    or imports from a folder only a PYTHONPATH set elsewhere provides; exit 1 when there are
+    any."""
     from branchflow.workspace.imports import check_imports
 
     stages = check_imports(here())
-    failed = [stage for stage in stages if stage.undeclared]
+    failed = [stage for stage in stages if stage.failed]
     for stage in failed:
-        click.echo(stage.line())
+        for line in stage.lines():
+            click.echo(line)
     if not failed:
         click.echo(f"all {len(stages)} stages declare their local imports")
     ctx.exit(EXIT_VERDICT if failed else EXIT_OK)

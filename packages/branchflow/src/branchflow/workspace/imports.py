@@ -3,11 +3,17 @@
 A stage's `cmd` is read for `python -m pkg.mod` and `python path/to/script.py` (also
 `python3`, after options, after `&&`/`;`/`|`, one command per line or list item). Modules are
 looked up in the import roots: the folder Python puts first on `sys.path` (the stage's `wdir`
-for `-m`, the script's folder for a script), then `src/` and `[tool.branchflow.azureml]
+for `-m`, the script's folder for a script), then `PYTHONPATH` as the `cmd` sets it
+(`PYTHONPATH=. python ...`, `export PYTHONPATH=src`), then `src/` and `[tool.branchflow.azureml]
 pythonpath` of the repository. Their imports are followed with `ast`, transitively, including
 imports inside functions, relative imports, `from pkg import submodule` and the `__init__.py`
 of every package on the way. Only files inside the repository count; dynamic imports
 (`importlib`, `__import__`) are not seen. A dependency on a folder covers every file in it.
+
+A local module that no import root holds but the repository root or a folder above the
+importing file does (`import src.utils.logs` with `PYTHONPATH` set in a shell, or `sys.path`
+edited in code) is followed too, and reported as unreachable: the builds and Azure ML nodes
+have only the roots above on their path.
 """
 
 from __future__ import annotations
@@ -26,19 +32,35 @@ from branchflow.errors import BranchflowError
 _PYTHON = re.compile(r"python[0-9.]*")
 _SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 _OPTIONS_WITH_ARG = "WX"  # `python -W arg`, `-X arg`: the next word is no script
+_PATH = "PYTHONPATH"
 
 
 @dataclass(frozen=True)
 class StageImports:
-    """One stage: its Python entry points (as written in `cmd`) and the undeclared files."""
+    """One stage: its Python entry points (as written in `cmd`), the undeclared files, and the
+    modules it imports from a folder that is on no import root (module -> that folder)."""
 
     stage: str
     entries: tuple[str, ...]
     undeclared: tuple[str, ...]
+    unreachable: tuple[tuple[str, str], ...] = ()
 
-    def line(self) -> str:
-        files = ", ".join(self.undeclared)
-        return f"stage {self.stage}: {files} not in deps (imported by {', '.join(self.entries)})"
+    @property
+    def failed(self) -> bool:
+        return bool(self.undeclared or self.unreachable)
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self.undeclared:
+            files, entries = ", ".join(self.undeclared), ", ".join(self.entries)
+            lines.append(f"stage {self.stage}: {files} not in deps (imported by {entries})")
+        for module, folder in self.unreachable:
+            lines.append(
+                f"stage {self.stage}: imports {module} from {folder}, which only a PYTHONPATH or "
+                f"sys.path set outside dvc.yaml provides; add {folder!r} to "
+                "[tool.branchflow.azureml] pythonpath (the builds' and Azure ML's PYTHONPATH)"
+            )
+        return lines
 
 
 def check_imports(root: Path) -> list[StageImports]:
@@ -69,22 +91,28 @@ def _check_stage(sid: str, stage: Any, top: Path, extra: list[Path]) -> StageImp
     wdir = Path(os.path.normpath(stage.wdir))
     entries: list[str] = []
     files: set[Path] = set()
-    for words in _python_calls(sid, stage.cmd):
-        found = _entry(words, wdir, extra)
+    unreachable: dict[str, str] = {}
+    for words, pythonpath in _python_calls(sid, stage.cmd):
+        roots = [*_pythonpath_roots(pythonpath, wdir), *extra]
+        found = _entry(words, wdir, roots)
         if found is not None:
             entries.append(shlex.join(words))
-            files |= _walk(*found, top)
+            files |= _walk(*found, top, unreachable)
     deps = [Path(os.path.normpath(dep.fs_path)) for dep in stage.deps if not _is_params(dep)]
     undeclared = sorted(
         path.relative_to(top).as_posix()
         for path in files
         if path.is_relative_to(top) and not any(path.is_relative_to(dep) for dep in deps)
     )
-    return StageImports(sid, tuple(dict.fromkeys(entries)), tuple(undeclared))
+    return StageImports(
+        sid, tuple(dict.fromkeys(entries)), tuple(undeclared), tuple(sorted(unreachable.items()))
+    )
 
 
-def _python_calls(sid: str, cmd: str | list[str]) -> Iterator[list[str]]:
-    """Each `python ...` command in `cmd`, normalised to `python -m mod` or `python x.py`."""
+def _python_calls(sid: str, cmd: str | list[str]) -> Iterator[tuple[list[str], str]]:
+    """Each `python ...` command in `cmd`, normalised to `python -m mod` or `python x.py`, with
+    the `PYTHONPATH` the command line gives it (an assignment before it, or an earlier
+    `export PYTHONPATH=...` of the same line)."""
     for line in [cmd] if isinstance(cmd, str) else cmd:
         for text in line.replace("\\\n", " ").splitlines():
             lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
@@ -94,13 +122,37 @@ def _python_calls(sid: str, cmd: str | list[str]) -> Iterator[list[str]]:
                 words = list(lexer)
             except ValueError as exc:
                 raise BranchflowError(f"stage {sid}: cannot parse its cmd {text!r}: {exc}") from exc
-            start = 0
+            start, exported = 0, ""
             for i, word in enumerate([*words, ";"]):
                 if word in _SEPARATORS:
-                    call = _python_call(words[start:i])
+                    command = words[start:i]
+                    exported = _exported(command) or exported
+                    call = _python_call(command)
                     if call:
-                        yield call
+                        assigned = [w for w in command if w.startswith(f"{_PATH}=")]
+                        yield call, assigned[-1].split("=", 1)[1] if assigned else exported
                     start = i + 1
+
+
+def _exported(command: list[str]) -> str | None:
+    """The value of `export PYTHONPATH=...`, when `command` is that."""
+    if command[:1] == ["export"]:
+        for word in command[1:]:
+            if word.startswith(f"{_PATH}="):
+                return word.split("=", 1)[1]
+    return None
+
+
+def _pythonpath_roots(value: str, wdir: Path) -> list[Path]:
+    """The folders a `PYTHONPATH` value names, relative ones from `wdir`; `$PWD` is `wdir`,
+    other variables are left out."""
+    roots = []
+    for entry in value.split(os.pathsep):
+        for here in ("$PWD", "${PWD}", "$(pwd)"):
+            entry = entry.replace(here, str(wdir))
+        if entry and "$" not in entry:
+            roots.append(Path(os.path.normpath(wdir / entry)))
+    return roots
 
 
 def _python_call(words: list[str]) -> list[str] | None:
@@ -142,8 +194,11 @@ def _entry(words: list[str], wdir: Path, extra: list[Path]) -> tuple[list[Path],
     return ([script], [script.parent, *extra]) if script.is_file() else None
 
 
-def _walk(start: list[Path], roots: list[Path], top: Path) -> set[Path]:
-    """`start` and every local file it imports, transitively."""
+def _walk(
+    start: list[Path], roots: list[Path], top: Path, unreachable: dict[str, str]
+) -> set[Path]:
+    """`start` and every local file it imports, transitively; modules found only outside the
+    roots go into `unreachable` (module -> the folder that holds it, from `top`)."""
     seen: set[Path] = set()
     todo = list(start)
     while todo:
@@ -152,30 +207,57 @@ def _walk(start: list[Path], roots: list[Path], top: Path) -> set[Path]:
             continue
         seen.add(path)
         if path.is_relative_to(top):
-            todo.extend(_imports(path, roots, top))
+            todo.extend(_imports(path, roots, top, unreachable))
     return seen
 
 
-def _imports(path: Path, roots: list[Path], top: Path) -> Iterator[Path]:
+def _imports(
+    path: Path, roots: list[Path], top: Path, unreachable: dict[str, str]
+) -> Iterator[Path]:
     """The local files that the imports of the Python file at `path` load."""
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except (OSError, SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         where = path.relative_to(top).as_posix()
         raise BranchflowError(f"cannot read the Python file {where}: {exc}") from exc
+    # Where a module no root holds may still come from: sys.path or PYTHONPATH set elsewhere.
+    outside = [folder for folder in [*path.parents] if folder.is_relative_to(top)]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield from _find(roots, alias.name.split("."))
+                parts = alias.name.split(".")
+                yield from _located(roots, outside, parts, alias.name, top, unreachable)
         elif isinstance(node, ast.ImportFrom):
-            bases = roots
+            parts = node.module.split(".") if node.module else []
+            names = [[*parts, alias.name] for alias in node.names if alias.name != "*"]
             if node.level:  # the package that `.` (`..`, ...) names
                 bases = [path.parents[node.level - 1]] if node.level <= len(path.parents) else []
-            parts = node.module.split(".") if node.module else []
-            yield from _find(bases, parts)
-            for alias in node.names:
-                if alias.name != "*":
-                    yield from _find(bases, [*parts, alias.name])
+                for wanted in [parts, *names]:
+                    yield from _find(bases, wanted)
+                continue
+            for wanted in [parts, *names]:  # `from pkg import submodule` loads both
+                yield from _located(roots, outside, wanted, node.module or "", top, unreachable)
+
+
+def _located(
+    roots: list[Path],
+    outside: list[Path],
+    parts: list[str],
+    module: str,
+    top: Path,
+    unreachable: dict[str, str],
+) -> list[Path]:
+    """The files of module `parts` from the roots; else from a folder outside them, recorded
+    in `unreachable` under `module`, the name the import statement writes."""
+    found = _find(roots, parts)
+    if found or not parts:
+        return found
+    for folder in outside:
+        found = _find([folder], parts)
+        if found:
+            unreachable.setdefault(module, folder.relative_to(top).as_posix())
+            return found
+    return []
 
 
 def _find(roots: list[Path], parts: list[str]) -> list[Path]:
