@@ -404,6 +404,8 @@ def run_job(
     out. The workflow is read from `github` (this repository's `.github/` by default)."""
     document = load(github / "workflows" / workflow)
     spec = document["jobs"][job]
+    # `github.workspace` is the checkout on every runner, as $GITHUB_WORKSPACE is.
+    contexts = {**contexts, "github": {"workspace": str(repo), **contexts.get("github", {})}}
     runs = [step for step in spec["steps"] if "run" in step]
     names = [step.get("name", step["run"]) for step in runs]
     begin, end = names.index(first), names.index(last)
