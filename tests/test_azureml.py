@@ -30,6 +30,14 @@ from tests.conftest import built_repo, hide_ci_variables, init_repo, sh
 
 OUT = "pipelines/azureml"
 STAGES = ["validate", "frames", "features", "train", "evaluate"]
+# The training pipeline's nodes: frames and features run as 4 and 8 sibling shards.
+NODES = [
+    "validate",
+    *(f"frames_shard{i}" for i in range(4)),
+    *(f"features_shard{i}" for i in range(8)),
+    "train",
+    "evaluate",
+]
 REFERENCE = re.compile(r"\$\{\{(\w+\.\w+)\}\}")
 PARENT = re.compile(r"\$\{\{parent\.(.+)\}\}")
 
@@ -94,11 +102,11 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
     job = load_job(source=folder / "pipeline-training.yml")
     assert isinstance(job, PipelineJob)
     assert job._validate().passed
-    assert list(job.jobs) == STAGES
+    assert list(job.jobs) == NODES
     assert job.jobs["train"].compute == "gpu-cluster"
     # Standard_NC4as_T4_v3 has one GPU: one process per node, not two fighting over cuda:0.
     assert job.jobs["train"].distribution.process_count_per_instance == 1
-    assert job.jobs["frames"].compute is None  # the default: settings.default_compute
+    assert job.jobs["frames_shard0"].compute is None  # the default: settings.default_compute
     md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"][:-4]
     assert (
         job.inputs["dvc_data_raw_toy"].path == f"badpixels-data-raw-toy:{md5}"
@@ -111,11 +119,23 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
         "cpu-cluster": (0, 8),
         "gpu-cluster": (0, 1),
     }
-    assert job.jobs["features"].resources.instance_count == 8
-    assert "--shards" in load_component(source=folder / "components/features.yml").command
-    binding = "${{parent.jobs.train.outputs.out_models_model_pt}}"
+    # Each shard is a node of its own, on one machine, told which shard it is by literals, so
+    # Azure ML reuses the shards that succeeded when a resubmit follows a failed one.
     jobs = yaml.safe_load((folder / "pipeline-training.yml").read_text())["jobs"]
+    for index in range(8):
+        shard = jobs[f"features_shard{index}"]
+        assert (shard["inputs"]["shard_index"], shard["inputs"]["shard_count"]) == (index, 8)
+        assert "resources" not in shard and "distribution" not in shard
+    command = load_component(source=folder / "components/features.yml").command
+    assert "--shard ${{inputs.shard_index}}/${{inputs.shard_count}}" in command
+    binding = "${{parent.jobs.train.outputs.out_models_model_pt}}"
     assert jobs["evaluate"]["inputs"]["in_models_model_pt"] == binding
+    # A stage reading a sharded output binds every shard's, and the wrapper links them as one.
+    assert [jobs["train"]["inputs"][f"in_data_processed_features_{i}"] for i in range(8)] == [
+        f"${{{{parent.jobs.features_shard{i}.outputs.out_data_processed_features}}}}"
+        for i in range(8)
+    ]
+    assert job.settings.continue_on_step_failure is True
     # Nothing branch- or commit-dependent is committed: submit adds it.
     commit = sh("git", "rev-parse", "HEAD", cwd=compiled).stdout.strip()
     for path in folder.rglob("*.yml"):
@@ -149,11 +169,12 @@ def test_a_broken_mapping_fails_validation(compiled: Path, copy_repo) -> None:
     }
     document["jobs"]["train"]["inputs"]["dvc_stage_hash"] = 12
     document["jobs"]["train"]["inputs"]["epochs"] = 3
-    document["jobs"]["features"]["inputs"]["in_data_interim_frames"] = (
+    document["jobs"]["features_shard0"]["inputs"]["in_data_interim_frames_0"] = (
         "${{parent.jobs.evaluate.outputs.out_reports_plots}}"  # a cycle: evaluate runs later
     )
     assert check_pipeline(document, components) == [
-        "jobs.features.inputs.in_data_interim_frames: no node evaluate runs before this one",
+        "jobs.features_shard0.inputs.in_data_interim_frames_0: no node evaluate runs before "
+        "this one",
         "jobs.train.inputs.dvc_stage_hash: string input given 12",
         "jobs.train.inputs.epochs: the component declares no such input",
         "jobs.evaluate.inputs.in_models_model_pt: node train has no output oops",
@@ -283,61 +304,79 @@ def test_a_foreach_group_becomes_sibling_nodes(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("shards", [None, (3, 2)], ids=["committed", "frames3-features2"])
 def test_the_nodes_reproduce_every_stage_byte_for_byte(
-    compiled: Path, reproduced_repo: Path, tmp_path: Path, shards: int
+    compiled: Path,
+    reproduced_repo: Path,
+    tmp_path: Path,
+    copy_repo,
+    shards: tuple[int, int] | None,
 ) -> None:
     """Each node runs like Azure ML runs it: in a fresh copy of its own code snapshot, inputs
-    in separate read-only folders, outputs in empty folders. A sharded stage (frames,
-    features) runs as `shards` processes, one snapshot copy each, writing one output folder;
-    with 3 shards the whole pipeline runs, train and evaluate included."""
-    dag = read_dag(compiled)
-    pipeline = yaml.safe_load((compiled / OUT / "pipeline-training.yml").read_text())
-    sharded = {n for n, job in pipeline["jobs"].items() if "resources" in job and n != "train"}
-    assert sharded == {"frames", "features"}
-    nodes = STAGES if shards == 3 else ["validate", "frames", "features"]
+    in separate read-only folders, outputs in empty folders. frames and features run as
+    sibling shard nodes (4 and 8 as committed, the whole pipeline; or 3 and 2, recompiled, up
+    to features); together their output folders hold what `dvc repro` writes, byte for
+    byte."""
+    repo = compiled
+    if shards:
+        repo = copy_repo(compiled)
+        text = (repo / "pyproject.toml").read_text()
+        text = text.replace("instance_count = 4", f"instance_count = {shards[0]}")
+        text = text.replace("instance_count = 8", f"instance_count = {shards[1]}")
+        (repo / "pyproject.toml").write_text(text)
+        result = run_cli(repo, "azureml", "compile")
+        assert result.exit_code == 0, result.stderr
+    dag = read_dag(repo)
+    pipeline = yaml.safe_load((repo / OUT / "pipeline-training.yml").read_text())
+    stages = STAGES if shards is None else ["validate", "frames", "features"]
     folders: dict[str, Path] = {}
-    training = find_pipeline(compiled, load_settings(compiled), "training")
+    training = find_pipeline(repo, load_settings(repo), "training")
     for source in data_sources(dag, training):  # its data asset's path holds it by name
         folder = tmp_path / "datastore" / source.md5
         shutil.copytree(reproduced_repo / source.path, folder / Path(source.path).name)
         folders[f"inputs.{source.name}"] = folder
         read_only(folder)
-    for node in nodes:
-        job = pipeline["jobs"][node]
-        component = yaml.safe_load((compiled / OUT / job["component"]).read_text())
+    produced: dict[str, list[Path]] = {}  # DVC path -> the folders its nodes wrote
+    for node, job in pipeline["jobs"].items():
+        component = yaml.safe_load((repo / OUT / job["component"]).read_text())
+        if component["name"] not in stages:
+            continue
         values = {}
         for name, value in job["inputs"].items():
             bound = PARENT.fullmatch(str(value))
             values[f"inputs.{name}"] = str(folders[bound[1]]) if bound else str(value)
-        for name in component["outputs"]:
+        for name, spec in component["outputs"].items():
             folder = tmp_path / "outputs" / node / name
             folder.mkdir(parents=True)
             folders[f"jobs.{node}.outputs.{name}"] = values[f"outputs.{name}"] = folder
+            produced.setdefault(spec["description"], []).append(folder)
         command = REFERENCE.sub(lambda m, v=values: str(v[m[1]]), component["command"])
+        code = tmp_path / "nodes" / node
+        shutil.copytree((repo / OUT / "components" / component["code"]).resolve(), code)
         # Passive OpenMP threads: same bytes, but no spinning against other load on few cores.
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **job.get("environment_variables", {})}
-        count = shards if node in sharded else 1
-        for rank in range(count):
-            code = tmp_path / "nodes" / node / str(rank)
-            shutil.copytree((compiled / OUT / "components" / component["code"]).resolve(), code)
-            launch = {"RANK": str(rank), "WORLD_SIZE": str(count)} if node in sharded else {}
-            result = subprocess.run(
-                ["bash", "-c", command],
-                cwd=code,
-                env={**env, **launch},
-                capture_output=True,
-                text=True,
-            )
-            assert result.returncode == 0, result.stderr
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=code, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
         for name in component["outputs"]:
             read_only(folders[f"jobs.{node}.outputs.{name}"])
 
-    for step in (step for step in dag.steps if step.node in nodes):
+    counts = (
+        {"frames": 4, "features": 8}
+        if shards is None
+        else dict(zip(["frames", "features"], shards, strict=True))
+    )
+    for step in (step for step in dag.steps if step.node in stages):
         for output in step.outputs:
-            produced = folders[f"jobs.{step.node}.outputs.{output.name}"] / Path(output.path).name
+            nodes = produced[output.path]
+            assert len(nodes) == counts.get(step.node, 1), output.path
+            merged: dict[str, str] = {}
+            for folder in nodes:
+                for name, digest in md5_tree(folder / Path(output.path).name).items():
+                    assert merged.setdefault(name, digest) == digest, (output.path, name)
             expected = md5_tree(reproduced_repo / output.path)
-            assert expected and md5_tree(produced) == expected, output.path
+            assert expected and merged == expected, output.path
 
 
 def read_only(folder: Path) -> None:
@@ -364,7 +403,7 @@ def test_submit_dry_run_prints_a_job_that_loads(compiled: Path, tmp_path: Path) 
     assert job.tags["branch"] == "feature/Faster-Train"
     assert job.tags["commit"] == commit
     assert job.tags["data_hash"] == data_md5.removesuffix(".dir")
-    assert list(job.jobs) == STAGES
+    assert list(job.jobs) == NODES
 
 
 def test_submit_without_workspace_variables_names_them_in_one_line(compiled: Path) -> None:

@@ -135,40 +135,46 @@ def test_the_stage_talks_to_the_configured_mlflow_not_the_workspaces(tmp_path: P
     assert seen == "https://mlflow.team.example https://mlflow.team.example\n"
 
 
-def test_shards_add_their_files_to_one_output_folder(tmp_path: Path) -> None:
-    """Each shard writes its part; shared files (same bytes) are replaced whole."""
-    mount = tmp_path / "mount"
-    mount.mkdir()
+def test_shard_nodes_write_their_parts_and_a_reader_sees_them_as_one_folder(
+    tmp_path: Path,
+) -> None:
+    """Each shard node writes its part to its own output folder; a node reading the stage's
+    output gets every shard's folder and sees one, as under `dvc repro`."""
     stage = (
         "python3 -c \"import os, pathlib; i = os.environ['BRANCHFLOW_SHARD_INDEX']; "
         "n = os.environ['BRANCHFLOW_SHARD_COUNT']; out = pathlib.Path('out'); out.mkdir(); "
-        "(out / f'part-{i}-of-{n}').write_text(i); (out / 'shared').write_text('same')\""
+        "(out / 'parts').mkdir(); (out / 'parts' / f'{i}-of-{n}').write_text(i); "
+        "(out / 'shared').write_text('same')\""
     )
-    for rank in range(3):
-        snapshot = tmp_path / f"node{rank}"
+    mounts = []
+    for index in range(3):
+        snapshot, mount = tmp_path / f"node{index}", tmp_path / f"mount{index}"
         snapshot.mkdir()
+        mount.mkdir()
         result = run_wrapper(
-            snapshot,
-            "--shards",
-            "--out",
-            f"out={mount}",
-            "--",
-            stage,
-            RANK=str(rank),
-            WORLD_SIZE="3",
+            snapshot, "--shard", f"{index}/3", "--out", f"out={mount}", "--", stage
         )
         assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (mount / "out").iterdir()) == [
-        "part-0-of-3",
-        "part-1-of-3",
-        "part-2-of-3",
-        "shared",
+        assert sorted(p.name for p in (mount / "out" / "parts").iterdir()) == [f"{index}-of-3"]
+        mounts.append(mount)
+    reader = tmp_path / "reader"
+    reader.mkdir()
+    listing = "find out -type f -o -type l | sort > seen.txt; cat out/parts/* > joined.txt"
+    ins = [word for mount in mounts for word in ("--in", f"out={mount}")]
+    result = run_wrapper(reader, *ins, "--", listing)
+    assert result.returncode == 0, result.stderr
+    assert (reader / "seen.txt").read_text().split() == [
+        "out/parts/0-of-3",
+        "out/parts/1-of-3",
+        "out/parts/2-of-3",
+        "out/shared",
     ]
-    result = run_wrapper(tmp_path, "--shards", "--", "true", RANK="3", WORLD_SIZE="3")
+    assert (reader / "joined.txt").read_text() == "012"
+    assert all((mount / "out/shared").read_text() == "same" for mount in mounts)
+
+    result = run_wrapper(tmp_path, "--shard", "3/3", "--", "true")
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == (
-        "error: --shards needs RANK < WORLD_SIZE, got RANK='3' of '3'"
-    )
+    assert result.stderr.splitlines()[-1] == "error: --shard 3/3: expected I/N with 0 <= I < N"
 
 
 def make_subfolder_project(repo: Path) -> Path:
@@ -300,13 +306,14 @@ def test_an_environment_that_would_install_nothing_is_an_error(tmp_path: Path) -
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_a_cluster_too_small_for_a_sharded_stage_is_an_error(tmp_path: Path) -> None:
+def test_a_cluster_too_small_for_a_distributed_stage_is_an_error(tmp_path: Path) -> None:
+    """A distributed stage takes all its nodes at once; shards queue for a free node."""
     repo = make_subfolder_project(tmp_path / "repo")
     (repo / "pyproject.toml").write_text(
         '[project]\nname = "two-pipelines"\ndependencies = ["pyyaml"]\n\n'
         '[tool.branchflow.azureml.computes.cpu-cluster]\nsize = "Standard_DS3_v2"\n'
         'max_instances = 2\n\n[tool.branchflow.azureml.stages."pipelines/train/dvc.yaml:prepare"]\n'
-        "instance_count = 3\n"
+        'instance_count = 3\ndistribution = "pytorch"\n'
     )
     result = run_cli(repo, "azureml", "compile")
     assert result.exit_code == 3
@@ -314,6 +321,9 @@ def test_a_cluster_too_small_for_a_sharded_stage_is_an_error(tmp_path: Path) -> 
         "error: [tool.branchflow.azureml.computes.cpu-cluster] max_instances = 2, but node "
         "pipelines_train_prepare asks for instance_count = 3; raise max_instances\n"
     )
+    text = (repo / "pyproject.toml").read_text()
+    (repo / "pyproject.toml").write_text(text.replace('distribution = "pytorch"\n', ""))
+    compile_repo(repo)  # three shard nodes on a cluster of two: they take turns
 
 
 @pytest.mark.parametrize(

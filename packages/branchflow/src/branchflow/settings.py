@@ -110,8 +110,8 @@ class AzureMLStage:
 
     `distribution = "pytorch"` starts `process_count_per_instance` processes on each of
     `instance_count` nodes (unset: one per GPU of the compute's size, `compile` says how many);
-    without a distribution, `instance_count > 1` shards the stage: each node runs it on its
-    share of the work. `timeout` is in seconds.
+    without a distribution, `instance_count > 1` shards the stage: as many sibling nodes, each
+    running it on its share of the work. `timeout` is in seconds.
     """
 
     compute: str | None = None

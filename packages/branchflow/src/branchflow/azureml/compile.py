@@ -33,7 +33,7 @@ from branchflow.azureml.wrapper import TRACKING_VARIABLE
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
 from branchflow.settings import AzureMLSettings, AzureMLStage, Settings, load_settings
-from branchflow.workspace.dag import Dag, DataSource, Step, ident, read_dag
+from branchflow.workspace.dag import Dag, DataSource, Input, Step, ident, read_dag
 from branchflow.workspace.lock import environment_requirements
 from branchflow.workspace.pipelines import Pipeline, find_pipelines, pipeline_steps
 
@@ -86,10 +86,13 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
         for name, text in environment.files.items()
     }
     origins = {source.path: source.dvcfile for source in dag.data}
+    shards = {
+        node: stage.instance_count if stage.sharded else 1 for node, stage in stage_settings.items()
+    }
+    _check_shard_names(dag, shards)
     for step in dag.steps:
         file = CPU_ENVIRONMENT_FILE if split and step.node in cpu_nodes else ENVIRONMENT_FILE
-        stage = stage_settings[step.node]
-        component = _component(step, stage, environments[file].reference, origins)
+        component = _component(step, environments[file].reference, origins, shards)
         files[f"{out}/{COMPONENTS}/{step.node}.yml"] = _dump(component)
     for source in dag.data:
         asset = _data_asset(source, aml, settings.base_name)
@@ -98,10 +101,25 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
         files[f"{out}/{COMPUTES}/{name}.yml"] = _dump(_compute(name, aml))
     processes = {node: _processes(aml, stage) for node, stage in stage_settings.items()}
     for pipeline in find_pipelines(root, settings):
-        job = _pipeline(dag, pipeline, aml, stage_settings, processes, settings.base_name)
+        job = _pipeline(dag, pipeline, aml, stage_settings, processes, shards, settings.base_name)
         files[f"{out}/{pipeline_file(pipeline.name)}"] = _dump(job)
     files[f"{out}/{GITIGNORE}"] = f"{HEADER}/{SNAPSHOTS}/\n"
     return Compiled(dag, files)
+
+
+def shard_jobs(node: str, count: int) -> list[str]:
+    """The pipeline nodes of a DVC stage: itself, or one sibling per shard."""
+    return [node] if count == 1 else [f"{node}_shard{index}" for index in range(count)]
+
+
+def _check_shard_names(dag: Dag, shards: dict[str, int]) -> None:
+    nodes = {step.node for step in dag.steps}
+    for node, count in shards.items():
+        taken = sorted(nodes & set(shard_jobs(node, count)) - {node})
+        if taken:
+            raise BranchflowError(
+                f"stage {node}'s shards would be named like stage {taken[0]}; rename the stage"
+            )
 
 
 def pipeline_file(name: str) -> str:
@@ -141,7 +159,7 @@ def _check_computes(aml: AzureMLSettings, stages: dict[str, AzureMLStage]) -> No
         compute = aml.computes.get(name)
         if compute is None:
             continue
-        if stage.instance_count > compute.max_instances:
+        if stage.distribution and stage.instance_count > compute.max_instances:
             raise BranchflowError(
                 f"[tool.branchflow.azureml.computes.{name}] max_instances = "
                 f"{compute.max_instances}, but node {node} asks for instance_count = "
@@ -260,7 +278,7 @@ def _environment(
 
 
 def _component(
-    step: Step, stage: AzureMLStage, environment: str, origins: dict[str, str]
+    step: Step, environment: str, origins: dict[str, str], shards: dict[str, int]
 ) -> dict[str, Any]:
     inputs: dict[str, Any] = {
         "dvc_stage_hash": {
@@ -268,9 +286,13 @@ def _component(
             "description": "Digest of everything `dvc repro` checks; a change forces a rerun.",
         }
     }
+    if shards[step.node] > 1:
+        inputs["shard_index"] = {"type": "integer", "description": "This node's shard, from 0."}
+        inputs["shard_count"] = {"type": "integer", "description": "The stage's shards."}
     for item in step.inputs:
         source = f"stage {item.producer}" if item.producer else origins[item.path]
-        inputs[item.name] = {"type": "uri_folder", "description": f"{item.path} from {source}"}
+        for name in _input_names(item, shards):
+            inputs[name] = {"type": "uri_folder", "description": f"{item.path} from {source}"}
     component: dict[str, Any] = {
         "$schema": SCHEMA.format("commandComponent"),
         "type": "command",
@@ -287,19 +309,31 @@ def _component(
         "environment": environment,
         "inputs": inputs,
         "outputs": {o.name: {"type": "uri_folder", "description": o.path} for o in step.outputs},
-        "command": _command(step, stage.sharded),
+        "command": _command(step, shards),
     }
 
 
-def _command(step: Step, sharded: bool) -> str:
+def _input_names(item: Input, shards: dict[str, int]) -> list[str]:
+    """The component inputs of one DVC dependency: one, or one per shard of its producer,
+    which the wrapper links into one folder."""
+    count = shards[item.producer] if item.producer else 1
+    return [item.name] if count == 1 else [f"{item.name}_{index}" for index in range(count)]
+
+
+def _command(step: Step, shards: dict[str, int]) -> str:
     """The wrapper call: link inputs, run the stage's own cmd, copy outputs to the mounts."""
+    sharded = shards[step.node] > 1
     parts = [
         f"python {WRAPPER_FILE}",
         f"--stage {shlex.quote(step.stage)}",
         "--stage-hash ${{inputs.dvc_stage_hash}}",
         *([f"--wdir {shlex.quote(step.wdir)}"] if step.wdir != "." else []),
-        *(["--shards"] if sharded else []),
-        *(f"--in {shlex.quote(i.path)}=${{{{inputs.{i.name}}}}}" for i in step.inputs),
+        *(["--shard ${{inputs.shard_index}}/${{inputs.shard_count}}"] if sharded else []),
+        *(
+            f"--in {shlex.quote(i.path)}=${{{{inputs.{name}}}}}"
+            for i in step.inputs
+            for name in _input_names(i, shards)
+        ),
         *(f"--out {shlex.quote(o.path)}=${{{{outputs.{o.name}}}}}" for o in step.outputs),
         "--",
         *(shlex.quote(cmd) for cmd in step.cmd),
@@ -313,9 +347,11 @@ def _pipeline(
     aml: AzureMLSettings,
     stages: dict[str, AzureMLStage],
     processes: dict[str, int],
+    shards: dict[str, int],
     base_name: str,
 ) -> dict[str, Any]:
-    """The pipeline job of one dvc.yaml: its stages and those upstream of them."""
+    """The pipeline job of one dvc.yaml: its stages and those upstream of them, a sharded
+    stage as sibling nodes, one per shard."""
     steps = pipeline_steps(dag, pipeline)
     read = {item.producer_output for step in steps for item in step.inputs if not item.producer}
     inputs = {
@@ -326,29 +362,55 @@ def _pipeline(
         for source in dag.data
         if source.name in read
     }
-    returned = [o.name for step in steps for o in step.outputs if o.returned]
-    jobs = {step.node: _job(step, stages[step.node], processes[step.node], aml) for step in steps}
+    jobs = {}
+    for step in steps:
+        count = shards[step.node]
+        for index, name in enumerate(shard_jobs(step.node, count)):
+            shard = (index, count) if count > 1 else None
+            jobs[name] = _job(step, stages[step.node], processes[step.node], aml, shard, shards)
+    returned = [output for job in jobs.values() for output in _promoted(job).values()]
     return {
         "$schema": SCHEMA.format("pipelineJob"),
         "type": "pipeline",
-        "description": f"The DVC pipeline of {pipeline.dvcfile}, one node per stage.",
-        "settings": {"default_compute": f"azureml:{aml.compute}", "force_rerun": False},
+        "description": f"The DVC pipeline of {pipeline.dvcfile}, one node per stage or shard.",
+        "settings": {
+            "default_compute": f"azureml:{aml.compute}",
+            "force_rerun": False,
+            # a failed shard stops only what reads it: a resubmit reruns it alone
+            "continue_on_step_failure": True,
+        },
         "inputs": inputs,
         "outputs": {name: {"type": "uri_folder"} for name in returned},
         "jobs": jobs,
     }
 
 
-def _job(step: Step, stage: AzureMLStage, processes: int, aml: AzureMLSettings) -> dict[str, Any]:
+def _promoted(job: dict[str, Any]) -> dict[str, str]:
+    """A node's outputs that are pipeline outputs: component output -> pipeline output."""
+    return {
+        key: value.removeprefix("${{parent.outputs.").removesuffix("}}")
+        for key, value in job.get("outputs", {}).items()
+    }
+
+
+def _job(
+    step: Step,
+    stage: AzureMLStage,
+    processes: int,
+    aml: AzureMLSettings,
+    shard: tuple[int, int] | None,
+    shards: dict[str, int],
+) -> dict[str, Any]:
+    """One node: the stage, or its shard `(index, count)`."""
     job: dict[str, Any] = {"type": "command", "component": f"./{COMPONENTS}/{step.node}.yml"}
     if stage.compute:
         job["compute"] = f"azureml:{stage.compute}"
-    if stage.instance_count > 1:
-        job["resources"] = {"instance_count": stage.instance_count}
-    if stage.distribution or stage.sharded:  # a shard per node: RANK and WORLD_SIZE set
+    if stage.distribution:
+        if stage.instance_count > 1:
+            job["resources"] = {"instance_count": stage.instance_count}
         job["distribution"] = {
-            "type": stage.distribution or "pytorch",
-            "process_count_per_instance": processes if stage.distribution else 1,
+            "type": stage.distribution,
+            "process_count_per_instance": processes,
         }
     if stage.timeout:
         job["limits"] = {"timeout": stage.timeout}
@@ -358,12 +420,21 @@ def _job(step: Step, stage: AzureMLStage, processes: int, aml: AzureMLSettings) 
     }
     if any(variables.values()):
         job["environment_variables"] = {key: value for key, value in variables.items() if value}
-    inputs = {"dvc_stage_hash": step.digest}
+    inputs: dict[str, Any] = {"dvc_stage_hash": step.digest}
+    if shard:
+        inputs["shard_index"], inputs["shard_count"] = shard
     for item in step.inputs:
-        origin = f"jobs.{item.producer}.outputs" if item.producer else "inputs"
-        inputs[item.name] = f"${{{{parent.{origin}.{item.producer_output}}}}}"
+        producers: list[str | None] = [None]
+        if item.producer:
+            producers = [*shard_jobs(item.producer, shards[item.producer])]
+        for name, producer in zip(_input_names(item, shards), producers, strict=True):
+            origin = f"jobs.{producer}.outputs" if producer else "inputs"
+            inputs[name] = f"${{{{parent.{origin}.{item.producer_output}}}}}"
     job["inputs"] = inputs
-    promoted = {o.name: f"${{{{parent.outputs.{o.name}}}}}" for o in step.outputs if o.returned}
+    suffix = f"_{shard[0]}" if shard else ""
+    promoted = {
+        o.name: f"${{{{parent.outputs.{o.name}{suffix}}}}}" for o in step.outputs if o.returned
+    }
     if promoted:
         job["outputs"] = promoted
     return job

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +31,7 @@ REASONS = {
     "environment": "its environment changed (the lock or the base image)",
     "settings": "its run settings changed (compute, nodes, processes, timeout, variables)",
 }
+_UPSTREAM = re.compile(r"\$\{\{parent\.jobs\.(\w+)\.outputs\.")
 _RUN_SETTINGS = ("compute", "resources", "distribution", "limits", "environment_variables")
 
 
@@ -74,16 +76,22 @@ class Verdict:
 def node_states(
     root: Path, steps: Sequence[Step], jobs: Mapping[str, Mapping[str, Any]], default: str
 ) -> dict[str, NodeState]:
-    """Each node's state: `jobs` are the pipeline job's nodes, their `component` a path."""
+    """Each node's state, in the pipeline's order: `jobs` are its nodes (a stage, or one of
+    its shards), their `component` a path named by the stage's node."""
+    snapshots = {step.node: snapshot_files(root, step) for step in steps}
     states = {}
-    for step in steps:
-        job = jobs[step.node]
+    for name, job in jobs.items():
         component = _load(Path(job["component"]))
-        files = snapshot_files(root, step)
+        files = dict(snapshots[Path(job["component"]).stem])
         wrapper = files.pop(WRAPPER_FILE)
-        settings = {key: job[key] for key in _RUN_SETTINGS if key in job}
+        settings: dict[str, Any] = {key: job[key] for key in _RUN_SETTINGS if key in job}
         settings.setdefault("compute", default)
-        states[step.node] = NodeState(
+        settings["literals"] = {  # a shard's index and count
+            key: value
+            for key, value in job["inputs"].items()
+            if key != "dvc_stage_hash" and "${{" not in str(value)
+        }
+        states[name] = NodeState(
             stage=str(job["inputs"]["dvc_stage_hash"])[:16],
             code=_digest({path: _sha(content) for path, content in sorted(files.items())}),
             wrapper=_sha(wrapper)[:16],
@@ -94,11 +102,13 @@ def node_states(
     return states
 
 
-def upstream_nodes(steps: Sequence[Step]) -> dict[str, tuple[str, ...]]:
-    """Each node's direct upstream nodes (those whose outputs it reads)."""
+def upstream_nodes(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Each node's direct upstream nodes: those whose outputs its inputs bind."""
     return {
-        step.node: tuple(sorted({item.producer for item in step.inputs if item.producer}))
-        for step in steps
+        name: tuple(
+            sorted({m[1] for v in job["inputs"].values() for m in _UPSTREAM.finditer(str(v))})
+        )
+        for name, job in jobs.items()
     }
 
 

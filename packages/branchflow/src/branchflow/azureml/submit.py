@@ -147,7 +147,7 @@ def prepare(
         **pipeline,
     }
     used = _used(root / out, pipeline)
-    returned = {o.name: o.path for step in steps for o in step.outputs if o.returned}
+    returned = _returned(pipeline["jobs"])
     read = {item.producer_output for step in steps for item in step.inputs if not item.producer}
     prefix = settings.azureml.data_prefix
     data = tuple(
@@ -174,8 +174,20 @@ def prepare(
         processes=used.processes,
         experiment=names.experiment,
         states=states,
-        upstream=upstream_nodes(steps),
+        upstream=upstream_nodes(pipeline["jobs"]),
     )
+
+
+def _returned(jobs: Mapping[str, Any]) -> dict[str, str]:
+    """Pipeline output -> the DVC path it holds (the component output's description); the
+    shards of one stage return one path each."""
+    returned = {}
+    for job in jobs.values():
+        component = yaml.safe_load(Path(job["component"]).read_text(encoding="utf-8"))
+        for name, binding in (job.get("outputs") or {}).items():
+            output = str(binding).removeprefix("${{parent.outputs.").removesuffix("}}")
+            returned[output] = component["outputs"][name]["description"]
+    return returned
 
 
 @dataclass(frozen=True)
@@ -531,7 +543,8 @@ def _download(
     client: Any, name: str, returned: Mapping[str, str], root: Path, log: Callable[[str], None]
 ) -> None:
     """Put each returned output where `dvc repro` would have written it: model, metrics, plots
-    for `branchflow register` and `branchflow report`."""
+    for `branchflow register` and `branchflow report`; the shards of one output merged."""
+    written: set[str] = set()
     for output, path in returned.items():
         with tempfile.TemporaryDirectory() as folder:
             client.jobs.download(name, output_name=output, download_path=folder)
@@ -541,8 +554,10 @@ def _download(
             target = root / path
             target.parent.mkdir(parents=True, exist_ok=True)
             if found.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(found, target)
+                if path not in written:
+                    shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(found, target, dirs_exist_ok=True)
             else:
                 shutil.copyfile(found, target)
-        log(f"downloaded {path}")
+        written.add(path)
+        log(f"downloaded {path} ({output})")

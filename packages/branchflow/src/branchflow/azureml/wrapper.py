@@ -10,9 +10,10 @@ stage's `--wdir` (as DVC does, with `DVC_ROOT` and `DVC_STAGE` set), then copies
 to `<mount>/<its name>`.
 
 Under a distributed launch (`RANK` set) every process links the inputs, atomically, and only
-rank 0 touches the outputs. With `--shards`, each process is one shard of the stage's work:
-the stage reads `BRANCHFLOW_SHARD_INDEX` and `BRANCHFLOW_SHARD_COUNT` (from `RANK` and
-`WORLD_SIZE`) and every shard adds its files to the same output folders.
+rank 0 touches the outputs. With `--shard I/N` the node is one shard of the stage's work (a
+sibling node per shard): the stage reads `BRANCHFLOW_SHARD_INDEX` and `BRANCHFLOW_SHARD_COUNT`
+and writes its part to its own output folders. An input path given several times (the shards
+of the stage that wrote it) becomes one folder holding every shard's files, linked.
 
 It writes and deletes only inside the snapshot and the output mounts: paths must be
 relative, below the snapshot root, and never reached through a symbolic link.
@@ -52,15 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = _rooted(root, env["PYTHONPATH"])
     if env.get(TRACKING_VARIABLE):
         env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = env[TRACKING_VARIABLE]
-    rank = os.environ.get("RANK", "0")
-    writes_outputs = args.shards or rank == "0"
+    writes_outputs = os.environ.get("RANK", "0") == "0"
     _log(f"DVC stage {args.stage}, dvc_stage_hash {args.stage_hash}")
     try:
-        if args.shards:
-            env.update(_shard(rank, os.environ.get("WORLD_SIZE", "1")))
+        if args.shard:
+            env.update(_shard(args.shard))
         wdir = _inside(root, args.wdir, "--wdir")
+        mounts: dict[PurePosixPath, list[Path]] = {}
         for path, mount in args.inputs:
-            _link(_inside(root, path, "--in"), mount / path.name)
+            mounts.setdefault(path, []).append(mount / path.name)
+        for path, sources in mounts.items():
+            target = _inside(root, path, "--in")
+            if len(sources) == 1:
+                _link(target, sources[0])
+            else:
+                _merge(target, sources)
         if writes_outputs:
             for path, _ in args.outputs:
                 _remove(_inside(root, path, "--out"))
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 return status
         if writes_outputs:
             for path, mount in args.outputs:
-                _copy(_inside(root, path, "--out"), mount / path.name, merge=args.shards)
+                _copy(_inside(root, path, "--out"), mount / path.name)
     except WrapperError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -93,9 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wdir", type=PurePosixPath, default=PurePosixPath("."), help="the stage's wdir"
     )
-    parser.add_argument(
-        "--shards", action="store_true", help="each process (RANK of WORLD_SIZE) is one shard"
-    )
+    parser.add_argument("--shard", metavar="I/N", help="this node is shard I of N (from 0)")
     for flag, dest, what in (("--in", "inputs", "input"), ("--out", "outputs", "output")):
         parser.add_argument(
             flag,
@@ -129,12 +134,13 @@ def _rooted(root: Path, pythonpath: str) -> str:
     )
 
 
-def _shard(rank: str, world_size: str) -> dict[str, str]:
-    """The shard variables of this process, from the launcher's rank and world size."""
-    if not (rank.isdigit() and world_size.isdigit() and int(rank) < int(world_size)):
-        raise WrapperError(f"--shards needs RANK < WORLD_SIZE, got RANK={rank!r} of {world_size!r}")
-    _log(f"shard {rank} of {world_size}")
-    return {SHARD_INDEX: rank, SHARD_COUNT: world_size}
+def _shard(text: str) -> dict[str, str]:
+    """The shard variables of `I/N`."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise WrapperError(f"--shard {text}: expected I/N with 0 <= I < N")
+    _log(f"shard {index} of {count}")
+    return {SHARD_INDEX: index, SHARD_COUNT: count}
 
 
 def _inside(root: Path, path: PurePosixPath, flag: str) -> Path:
@@ -167,6 +173,37 @@ def _link(target: Path, source: Path) -> None:
     _log(f"{os.path.relpath(target)} -> {source}")
 
 
+def _merge(target: Path, sources: list[Path]) -> None:
+    """Make `target` a folder of links to the files of every source folder (the shards of one
+    output); a file that several hold is taken from the first (shards write it alike). Built
+    beside `target` and renamed into place, so processes of one node merging at once agree."""
+    missing = [str(source) for source in sources if not source.exists()]
+    if missing:
+        raise WrapperError(f"input folders {', '.join(missing)} missing: each shard's must exist")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    temporary = _temporary(target, "merge")
+    for source in sources:
+        if source.is_file():
+            if not temporary.exists():
+                temporary.symlink_to(source)
+            continue
+        for folder, _, names in os.walk(source):
+            here = temporary / Path(folder).relative_to(source)
+            here.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                if not (here / name).is_symlink():
+                    (here / name).symlink_to(Path(folder, name))
+    try:
+        os.rename(temporary, target)
+    except OSError:  # another process of this node merged first
+        _remove(temporary)
+        if not target.exists():
+            raise WrapperError(f"could not link the shards of {target}") from None
+    _log(f"{os.path.relpath(target)} <- {len(sources)} shards")
+
+
 def _remove(path: Path) -> None:
     """Delete an output before the run, as DVC does, so a stale one never passes for new; a
     symbolic link is removed itself, never what it points to."""
@@ -176,13 +213,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _copy(source: Path, target: Path, merge: bool) -> None:
-    """Copy file contents only (mounted storage need not accept modes or times); `merge` adds
-    to what other shards wrote, each file replaced whole."""
+def _copy(source: Path, target: Path) -> None:
+    """Copy file contents only (mounted storage need not accept modes or times)."""
     if not source.exists():
         raise WrapperError(f"the stage did not write {source}; check its cmd and outs")
-    if not merge:
-        _remove(target)
+    _remove(target)
     if source.is_file():
         _write(source, target)
     else:
