@@ -49,6 +49,12 @@ def client(workspace: Workspace) -> MLClient:
     return MLClient(Credential(), *WORKSPACE_IDS, transport=workspace.transport())
 
 
+def provision(workspace: Workspace, submission: submit.Submission, log=print) -> None:
+    """What `submit` does to clusters: check them all, then create or update."""
+    mlclient = client(workspace)
+    submit.create_computes(mlclient, submit.check_computes(mlclient, submission), log)
+
+
 def created(workspace: Workspace) -> dict[str, dict]:
     """The clusters the SDK asked the workspace to create or update: name -> its properties."""
     return {
@@ -60,7 +66,7 @@ def created(workspace: Workspace) -> dict[str, dict]:
 
 def test_a_fresh_workspace_gets_only_the_clusters_each_pipeline_uses(submissions) -> None:
     workspace, log = Workspace(sizes=REGION), []
-    submit.provision_computes(client(workspace), submissions["scoring"], log.append)
+    provision(workspace, submissions["scoring"], log.append)
     # The CPU-only scoring pipeline creates no GPU cluster.
     scoring = created(workspace)
     assert list(scoring) == ["cpu-cluster"]
@@ -68,7 +74,7 @@ def test_a_fresh_workspace_gets_only_the_clusters_each_pipeline_uses(submissions
     assert scoring["cpu-cluster"]["scaleSettings"]["minNodeCount"] == 0
     assert scoring["cpu-cluster"]["scaleSettings"]["maxNodeCount"] == 8
     workspace.requests.clear()
-    submit.provision_computes(client(workspace), submissions["training"], log.append)
+    provision(workspace, submissions["training"], log.append)
     training = created(workspace)
     assert list(training) == ["gpu-cluster"]  # the CPU cluster exists now, as configured
     assert training["gpu-cluster"]["vmSize"] == "Standard_NC4as_T4_v3"
@@ -81,7 +87,7 @@ def test_a_size_the_region_does_not_offer_stops_submit_before_it_creates_anythin
 ) -> None:
     workspace = Workspace(sizes={"Standard_DS3_v2": 0, "Standard_NC24ads_A100_v4": 1})
     with pytest.raises(BranchflowError) as error:
-        submit.provision_computes(client(workspace), submissions["training"], print)
+        provision(workspace, submissions["training"], print)
     assert str(error.value) == (
         "compute gpu-cluster: the workspace's region offers no Standard_NC4as_T4_v3 for Azure "
         "ML clusters (GPU sizes there: Standard_NC24ads_A100_v4); set "
@@ -95,7 +101,7 @@ def test_more_processes_per_node_than_the_size_has_gpus_is_refused(submissions) 
     crowded = dataclasses.replace(submissions["training"], processes={"gpu-cluster": 2})
     workspace = Workspace(sizes=REGION)
     with pytest.raises(BranchflowError, match="starts 2 processes per machine, but "):
-        submit.provision_computes(client(workspace), crowded, print)
+        provision(workspace, crowded, print)
     assert created(workspace) == {}
 
 
@@ -104,14 +110,14 @@ def test_an_existing_cluster_takes_new_scale_settings_and_refuses_a_new_size(
 ) -> None:
     workspace, log = Workspace(sizes=REGION), []
     workspace.computes["cpu-cluster"] = cluster("cpu-cluster", "STANDARD_DS3_V2", 4)
-    submit.provision_computes(client(workspace), submissions["scoring"], log.append)
+    provision(workspace, submissions["scoring"], log.append)
     assert "updating compute cpu-cluster: max_instances 4 -> 8" in log
     assert created(workspace)["cpu-cluster"]["scaleSettings"]["maxNodeCount"] == 8
 
     workspace = Workspace(sizes=REGION)
     workspace.computes["cpu-cluster"] = cluster("cpu-cluster", "Standard_D2s_v3", 8)
     with pytest.raises(BranchflowError) as error:
-        submit.provision_computes(client(workspace), submissions["scoring"], print)
+        provision(workspace, submissions["scoring"], print)
     assert str(error.value) == (
         "compute cpu-cluster exists with size Standard_D2s_v3, but "
         "[tool.branchflow.azureml.computes.cpu-cluster] says Standard_DS3_v2, and Azure cannot "

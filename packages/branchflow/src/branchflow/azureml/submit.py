@@ -246,8 +246,9 @@ def submit(
         verdicts = plan(submission.states, submission.upstream, last_states(client, submission))
         for verdict in verdicts:
             log(verdict.line())
-        provision_computes(client, submission, log)
-        _create_data(root, client, credential, submission, log)
+        computes = check_computes(client, submission)  # before a long upload
+        _create_data(root, client, credential, submission, log)  # checks local data first
+        create_computes(client, computes, log)
         for path in submission.environments:
             environment = load_environment(source=path)
             if not _exists(client.environments.get, environment.name, version=environment.version):
@@ -351,10 +352,9 @@ def check_reuse(
     log(f"{name}: Azure ML reused and reran the nodes as planned")
 
 
-def provision_computes(client: Any, submission: Submission, log: Callable[[str], None]) -> None:
-    """Create the clusters the pipeline uses that do not exist, after checking every one
-    against the sizes the workspace's region offers; bring an existing cluster's scale settings
-    to what its file says, and refuse one of another size or tier (Azure changes neither)."""
+def check_computes(client: Any, submission: Submission) -> list[Any]:
+    """The clusters the pipeline uses (`AmlCompute`), each checked against the sizes the
+    workspace's region offers and the GPUs its nodes' processes need; nothing is created."""
     from azure.ai.ml import load_compute
     from azure.ai.ml.entities import AmlCompute
 
@@ -364,7 +364,7 @@ def provision_computes(client: Any, submission: Submission, log: Callable[[str],
         assert isinstance(compute, AmlCompute), "compile writes AmlCompute clusters only"
         wanted.append(compute)
     if not wanted:
-        return
+        return wanted
     offered = {str(size.name).lower(): size for size in client.compute.list_sizes()}
     for compute in wanted:
         size = offered.get(str(compute.size).lower())
@@ -382,6 +382,12 @@ def provision_computes(client: Any, submission: Submission, log: Callable[[str],
                 f"{compute.size} has {size.gpus or 0} GPU(s); lower "
                 "process_count_per_instance, or choose a size with more GPUs"
             )
+    return wanted
+
+
+def create_computes(client: Any, wanted: Sequence[Any], log: Callable[[str], None]) -> None:
+    """Create the checked clusters that do not exist; bring an existing one's scale settings
+    to what its file says, and refuse one of another size or tier (Azure changes neither)."""
     for compute in wanted:
         existing = _get(client.compute.get, compute.name)
         if existing is None:
