@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -89,6 +90,18 @@ def init_repo(path: Path) -> Path:
     sh("git", "add", "-A", cwd=path)
     sh("git", "commit", "-q", "-m", "project as in the working tree", cwd=path)
     return path
+
+
+def dvc_project(repo: Path, files: dict[str, str]) -> Path:
+    """`files` (dedented) in a new git + DVC repository at `repo`, analytics off, nothing
+    committed yet."""
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(textwrap.dedent(text).lstrip())
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    return repo
 
 
 def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from azure.storage.blob import ContainerClient
 
 from branchflow.azureml import wrapper
 from branchflow.azureml.upload import upload_source
-from tests.conftest import init_repo, sh
+from tests.conftest import dvc_project, init_repo, sh
 from tests.test_azureml import OUT, PARENT, REFERENCE, md5_tree, run_cli
 from tests.test_remote import azurite, connection_string  # noqa: F401 (a fixture)
 
@@ -215,13 +214,7 @@ def make_subfolder_project(repo: Path) -> Path:
                 outs: [scores.txt]
         """,
     }
-    for path, text in files.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(textwrap.dedent(text).lstrip())
-    sh("git", "init", "-q", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo)
-    sh("dvc", "config", "core.analytics", "false", cwd=repo)
-    return init_repo(repo)
+    return init_repo(dvc_project(repo, files))
 
 
 def test_subfolder_pipelines_and_wdir_run_on_nodes_as_under_dvc(tmp_path: Path) -> None:

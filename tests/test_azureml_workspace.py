@@ -9,7 +9,6 @@ import platform
 import re
 import shutil
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from tests.azure_workspace import (
     cluster,
     past_job,
 )
-from tests.conftest import init_repo, sh
+from tests.conftest import dvc_project, init_repo, sh
 from tests.test_azureml import NODES, OUT, run_cli
 
 REGION = {"Standard_DS3_v2": 0, "Standard_NC4as_T4_v3": 1, "Standard_NC24ads_A100_v4": 1}
@@ -200,12 +199,7 @@ def two_data_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data/toy/rows.txt": "a\n",
         "data/full/rows.txt": "a\nb\nc\n",
     }
-    for path, text in files.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(textwrap.dedent(text).lstrip())
-    sh("git", "init", "-q", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo)
-    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    dvc_project(repo, files)
     sh("dvc", "add", "-q", "data/toy", "data/full", cwd=repo)
     assert run_cli(repo, "azureml", "compile").exit_code == 0
     return init_repo(repo)

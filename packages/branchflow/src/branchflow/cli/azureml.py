@@ -13,6 +13,20 @@ from branchflow.cli.root import here
 from branchflow.errors import EXIT_TOOL, EXIT_VERDICT, BranchflowError
 
 OUT_HELP = "Folder of the generated YAML, relative to the repository root."
+PIPELINE = click.option(
+    "--pipeline",
+    "pipeline_name",
+    help="The pipeline (a dvc.yaml); default: the only one, else training.",
+)
+SET_PARAM = click.option(
+    "-S",
+    "--set-param",
+    "params",
+    multiple=True,
+    metavar="[FILE:]KEY=VALUE",
+    help="Set a param first, as `dvc exp run -S` does (a dev build's full data); the params "
+    "file and the compiled files are rewritten to match.",
+)
 
 
 @click.group("azureml")
@@ -66,20 +80,8 @@ def compile_command(ctx: click.Context, out: str, check: bool) -> None:
     is_flag=True,
     help="Print the job as YAML, and on stderr what would be created; contact nothing.",
 )
-@click.option(
-    "--pipeline",
-    "pipeline_name",
-    help="The pipeline (a dvc.yaml) to submit; default: the only one, else training.",
-)
-@click.option(
-    "-S",
-    "--set-param",
-    "params",
-    multiple=True,
-    metavar="[FILE:]KEY=VALUE",
-    help="Set a param first, as `dvc exp run -S` does (a dev build's full data); the params "
-    "file and the compiled files are rewritten to match.",
-)
+@PIPELINE
+@SET_PARAM
 def submit_command(
     out: str,
     wait: bool,
@@ -106,19 +108,8 @@ def submit_command(
 
 @azureml.command("plan")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help=OUT_HELP)
-@click.option(
-    "--pipeline",
-    "pipeline_name",
-    help="The pipeline (a dvc.yaml) to plan; default: the only one, else training.",
-)
-@click.option(
-    "-S",
-    "--set-param",
-    "params",
-    multiple=True,
-    metavar="[FILE:]KEY=VALUE",
-    help="Set a param first, as `submit -S` does.",
-)
+@PIPELINE
+@SET_PARAM
 def plan_command(out: str, pipeline_name: str | None, params: tuple[str, ...]) -> None:
     """List each node Azure ML would reuse or rerun if this tree were submitted, and why,
     against the last completed job of this branch's pipeline in the workspace."""
