@@ -12,6 +12,9 @@ The exit codes follow pytest's convention, so CI can tell a rejected change from
 
 from __future__ import annotations
 
+import functools
+from importlib import metadata
+
 EXIT_OK = 0
 EXIT_VERDICT = 1
 EXIT_USAGE = 2
@@ -21,3 +24,16 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: not a verdict ei
 
 class BranchflowError(Exception):
     """A problem the user can fix; the message says how. Exit status `EXIT_TOOL`."""
+
+
+@functools.cache
+def docs_url(page: str) -> str:
+    """Where a docs page is for whoever installed branchflow: the `Documentation` URL of its
+    package metadata (`[project.urls]`) and the page; the page alone without that metadata."""
+    try:
+        entries = metadata.metadata("branchflow").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        entries = []
+    urls = dict(entry.split(", ", 1) for entry in entries if ", " in entry)
+    base = urls.get("Documentation")
+    return f"{base.rstrip('/')}/{page}" if base else f"docs/{page}"

@@ -7,15 +7,15 @@ from pathlib import Path
 import click
 
 from branchflow.cli.root import here
-from branchflow.errors import EXIT_OK, EXIT_VERDICT
+from branchflow.errors import EXIT_OK, EXIT_VERDICT, docs_url
 
 _BASE_HELP = (
     "Git ref to compare with, e.g. origin/main. Default: origin/$GITHUB_BASE_REF in a GitHub "
     "pull request, else none (rules against the base are skipped)."
 )
 _PIPELINE_HELP = (
-    "The pipeline (a dvc.yaml, see docs/config.md) whose metrics to judge; default: the one "
-    "that writes the registered model."
+    f"The pipeline (a dvc.yaml, see {docs_url('config.md')}) whose metrics to judge; default: "
+    "the one that writes the registered model."
 )
 _FETCH_HELP = "If this (shallow) clone lacks the base, fetch it: git fetch --depth=1."
 

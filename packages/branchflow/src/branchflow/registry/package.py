@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from branchflow.errors import BranchflowError
+from branchflow.errors import BranchflowError, docs_url
 from branchflow.settings import MODEL_SECTION, SAVED_MODEL, ModelSettings, Settings
 from branchflow.tracking import file_sha256
 from branchflow.workspace.lock import environment_requirements, has_lock
@@ -86,7 +86,7 @@ def model_settings(settings: Settings) -> ModelSettings:
     if settings.model is None or not settings.model.artifacts:
         raise BranchflowError(
             f"pyproject.toml: {MODEL_SECTION} with artifacts (and python_model, or a flavor) is "
-            "needed to register a model; add it (see docs/registry.md)"
+            f"needed to register a model; add it (see {docs_url('registry.md')})"
         )
     return settings.model
 
