@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from branchflow.cli import main
 from branchflow.errors import BranchflowError
-from branchflow.report.compare import compare, open_dvc, resolve_base
+from branchflow.report.compare import compare, open_dvc, resolve_base, stage_changes
 from branchflow.report.document import write_report
 from branchflow.report.gate import run_gate
 from branchflow.tracking import read_snapshot
@@ -164,6 +164,20 @@ def test_stage_table_covers_every_dvc_yaml_in_subfolders(tmp_path: Path) -> None
     assert document["params"] == [{"name": "train.auc", "old": "0.7", "new": "0.75"}]
     names = {m["name"] for m in document["metrics"]}
     assert names == {"pipelines/score/metrics.json:f1", "pipelines/train/metrics.json:f1", "auc"}
+
+
+def test_a_lock_entry_of_a_stage_dvc_yaml_no_longer_defines_is_no_stage(tmp_path: Path) -> None:
+    """DVC leaves a removed stage's entry in dvc.lock; the report lists stages, not entries."""
+    repo = make_pipelines_repo(tmp_path / "repo", {"pipelines/train": {"f1": 0.9}})
+    lock = repo / "pipelines/train/dvc.lock"
+    document = yaml.safe_load(lock.read_text())
+    document["stages"]["gone"] = document["stages"]["train"]
+    lock.write_text(yaml.safe_dump(document))
+    sh("git", "commit", "-qam", "a stale entry at the base too", cwd=repo)
+    base = resolve_base(repo, "HEAD")
+    assert [change.stage for change in stage_changes(repo, base)] == [
+        "pipelines/train/dvc.yaml:train"
+    ]
 
 
 def test_each_pipeline_is_reported_and_gated_on_its_own_metrics(tmp_path: Path) -> None:

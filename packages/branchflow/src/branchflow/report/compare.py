@@ -362,8 +362,10 @@ def stage_changes(
     root: Path, base: Base, lockfiles: Collection[str] | None = None
 ) -> list[StageChange]:
     """Each stage of the workspace's `dvc.lock` files (`lockfiles`, else every one) against
-    the base's: reused, or rerun and why."""
-    current, old = _pipeline(root, None, lockfiles), _pipeline(root, base.commit, lockfiles)
+    the base's: unchanged (`reused`), or rerun and why. A lock entry of a stage its dvc.yaml no
+    longer defines (DVC leaves those behind) is no stage, here or at the base."""
+    current = _defined(root, None, _pipeline(root, None, lockfiles))
+    old = _defined(root, base.commit, _pipeline(root, base.commit, lockfiles))
     producers = {
         out["path"]: name for name, entry in current.items() for out in entry.get("outs", [])
     }
@@ -430,6 +432,24 @@ def _pipeline(
         prefix = f"{posixpath.join(folder, PIPELINE_FILE)}:" if folder else ""
         stages |= {prefix + name: _rooted(entry, folder) for name, entry in _stages(lock).items()}
     return stages
+
+
+def _defined(
+    root: Path, commit: str | None, entries: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The lock `entries` whose stage its dvc.yaml defines (`name@item` by its `name`)."""
+    yamls = {posixpath.join(posixpath.dirname(_lock_of(stage)), PIPELINE_FILE) for stage in entries}
+    documents = _documents(root, commit, lambda file: file in yamls)
+    defined = {(file, name) for file, document in documents.items() for name in (_stages(document))}
+    return {
+        stage: entry
+        for stage, entry in entries.items()
+        if (
+            posixpath.join(posixpath.dirname(_lock_of(stage)), PIPELINE_FILE),
+            stage.rpartition(":")[2].partition("@")[0],
+        )
+        in defined
+    }
 
 
 def _lock_of(stage: str) -> str:

@@ -69,7 +69,7 @@ CONCLUSIONS = ("success", "failure")
 STATUS_WORDS = {
     "rerun": "**rerun**",
     "new": "**new**",
-    "reused": "reused (cached)",
+    "reused": "unchanged",
     "removed": "removed",
 }
 RUN_TYPES = ("pr", "dev", "main", "local")
