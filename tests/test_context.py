@@ -528,6 +528,19 @@ def test_lossy_names_carry_a_hash_and_keep_it_when_truncated() -> None:
     assert slugify("🙂").startswith("n--")
 
 
+@pytest.mark.parametrize("branch", ["feature/Faster-Train", "user/ünïcode", "b" * 300])
+def test_a_lossy_branch_gives_every_name_the_hash_suffix_of_its_slug(branch: str) -> None:
+    slug = slugify(branch)
+    digest = slug.rpartition("--")[2]
+    assert digest == _sha(branch)
+    names = names_for(context_for(branch, "100-2"), SETTINGS)
+    for name in (names.experiment, names.model, names.run_name):
+        assert name.endswith(f"--{digest}") and name.count("--") == 1, name
+    assert names.pipeline.endswith(f"__{digest}")
+    assert names.run_name.startswith("training_demo_") and "_100-2--" in names.run_name
+    assert names_for(context_for("main"), SETTINGS).experiment == "training_demo_main"
+
+
 def test_names_never_collide() -> None:
     names = [names_for(context_for(branch), SETTINGS) for branch in BRANCHES]
     for field in ("experiment", "pipeline", "model", "run_name"):

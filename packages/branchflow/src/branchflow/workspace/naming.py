@@ -80,7 +80,7 @@ def slugify(raw: str, *, component: bool = False) -> str:
     body = grammar.bad_start.sub("", body).rstrip(grammar.fill)
     if body == raw and len(body) <= MAX_NAME_LENGTH:
         return body
-    digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_LENGTH]
+    digest = _digest(raw)
     marker = grammar.fill * 2
     keep = MAX_NAME_LENGTH - len(marker) - HASH_LENGTH
     # "n" stands in when nothing valid is left, e.g. for a branch named only in emoji.
@@ -91,21 +91,38 @@ def names_for(context: Context, settings: Settings, pipeline_type: str = "traini
     """Derive every name for this context from `settings.name_pattern`.
 
     The candidate model fills the pattern with the pipeline type `model`, so all pipeline
-    types of a branch share it; the pipeline name follows the Azure ML component grammar.
+    types of a branch share it; the pipeline name follows the Azure ML component grammar. A
+    branch that does not fit the grammars (`feature/X`) gives every name the one hash suffix
+    of its slug, so its experiment, model, pipeline and runs are found by the same suffix.
     """
 
-    def fill(kind: str) -> str:
+    def fill(kind: str, branch: str) -> str:
         return settings.name_pattern.format(
-            pipeline_type=kind, base=settings.base_name, branch=context.branch
+            pipeline_type=kind, base=settings.base_name, branch=branch
         )
 
-    raw = fill(pipeline_type)
+    body, lossy = _branch_body(context.branch)
+    build = context.build_id or context.short_commit
+
+    def named(kind: str, *, component: bool = False, run: bool = False) -> str:
+        grammar = _COMPONENT if component else _ASSET
+        marker = grammar.fill * 2
+        tail = f"_{build}" if run else ""
+        name = slugify(fill(kind, body) + tail, component=component)
+        if not lossy and marker not in name:
+            return name
+        head = slugify(fill(kind, body), component=component).partition(marker)[0]
+        tail = grammar.disallowed.sub(grammar.fill, tail.lower())
+        keep = MAX_NAME_LENGTH - len(marker) - HASH_LENGTH - len(tail)
+        head = head[:keep].rstrip(grammar.fill) or "n"
+        return f"{head}{tail}{marker}{_digest(context.branch)}"
+
     names = Names(
-        experiment=slugify(raw),
-        pipeline=slugify(raw, component=True),
-        model=slugify(fill("model")),
+        experiment=named(pipeline_type),
+        pipeline=named(pipeline_type, component=True),
+        model=named("model"),
         production_model=slugify(settings.production_model),
-        run_name=slugify(f"{raw}_{context.build_id or context.short_commit}"),
+        run_name=named(pipeline_type, run=True),
     )
     if names.production_model in (names.model, names.experiment):
         raise BranchflowError(
@@ -113,6 +130,19 @@ def names_for(context: Context, settings: Settings, pipeline_type: str = "traini
             "production model's name; rename the branch, or change [tool.branchflow] name_pattern"
         )
     return names
+
+
+def _branch_body(branch: str) -> tuple[str, bool]:
+    """The branch's slug without its hash suffix, and whether it had one (a lossless slug never
+    holds the doubled filler that marks it)."""
+    slug = slugify(branch)
+    body, marker, _ = slug.rpartition(_ASSET.fill * 2)
+    return (body, True) if marker else (slug, False)
+
+
+def _digest(raw: str) -> str:
+    """The hash suffix of a name made from `raw`."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_LENGTH]
 
 
 def names_on(context: Context, settings: Settings, branch: str) -> Names:
