@@ -106,6 +106,9 @@ def test_every_generated_file_loads_and_validates_offline(compiled: Path) -> Non
     assert job.jobs["train"].compute == "gpu-cluster"
     # Standard_NC4as_T4_v3 has one GPU: one process per node, not two fighting over cuda:0.
     assert job.jobs["train"].distribution.process_count_per_instance == 1
+    # The GPU node checks its driver against the locked CUDA 13 runtime; CPU nodes do not.
+    assert job.jobs["train"].environment_variables["BRANCHFLOW_GPU_DRIVER"] == "580"
+    assert "BRANCHFLOW_GPU_DRIVER" not in job.jobs["validate"].environment_variables
     assert job.jobs["frames_shard0"].compute is None  # the default: settings.default_compute
     md5 = yaml.safe_load((compiled / "data.dvc").read_text())["outs"][0]["md5"][:-4]
     assert (

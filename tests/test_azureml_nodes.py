@@ -119,6 +119,40 @@ def test_the_wrapper_touches_nothing_outside_its_snapshot(
     assert not (snapshot / "written-by-stage").exists()  # refused before the command ran
 
 
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ("echo 580.65.06", None),
+        ("echo 570.124.06", "the node's NVIDIA driver is 570.124.06, older than the 580 branch"),
+        ("exit 9", "this node runs on a GPU size, but nvidia-smi shows no GPU"),
+    ],
+)
+def test_a_gpu_node_checks_its_driver_before_the_stage_runs(
+    tmp_path: Path, answer: str, error: str | None
+) -> None:
+    """`nvidia-smi` as the node's host gives it (a stand-in here: this machine has no GPU)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text(f"#!/bin/sh\n{answer}\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    result = run_wrapper(
+        snapshot,
+        "--",
+        "touch ran",
+        BRANCHFLOW_GPU_DRIVER="580",
+        PATH=f"{tools}{os.pathsep}{os.environ['PATH']}",
+    )
+    if error is None:
+        assert result.returncode == 0, result.stderr
+        assert (snapshot / "ran").exists()
+    else:
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1].startswith(f"error: {error}")
+        assert not (snapshot / "ran").exists()
+
+
 def test_the_stage_talks_to_the_configured_mlflow_not_the_workspaces(tmp_path: Path) -> None:
     """Azure ML sets MLFLOW_TRACKING_URI to its workspace (`azureml://`); with
     `mlflow_tracking_uri` configured, the stage sees the team's server instead."""

@@ -17,7 +17,7 @@ from azure.ai.ml import MLClient
 
 from branchflow.azureml import submit
 from branchflow.azureml.plan import Verdict
-from branchflow.azureml.sizes import GPU_SIZES, is_cuda_package
+from branchflow.azureml.sizes import DRIVER_FOR_CUDA, GPU_SIZES, is_cuda_package, minimum_driver
 from branchflow.errors import BranchflowError
 from tests.azure_workspace import (
     SCOPE,
@@ -174,6 +174,8 @@ def test_gpu_nodes_torch_runs_on_every_known_size_and_cpu_nodes_carry_no_cuda(
     for size, card in GPU_SIZES.items():
         assert f"sm_{card.capability}" in archs, (size, archs)
     assert "sm_70" not in archs  # the V100 of the retired NCv3 sizes, which compile refuses
+    # The driver the GPU node checks for is the one this wheel's CUDA major needs.
+    assert minimum_driver(gpu) == DRIVER_FOR_CUDA[int(torch.version.cuda.split(".")[0])]
     assert any(map(is_cuda_package, gpu))
     assert not any(map(is_cuda_package, cpu)), cpu
     assert cpu[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"

@@ -27,9 +27,10 @@ from branchflow.azureml.sizes import (
     RETIRED,
     is_cuda_package,
     is_gpu,
+    minimum_driver,
 )
 from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
-from branchflow.azureml.wrapper import TRACKING_VARIABLE
+from branchflow.azureml.wrapper import DRIVER_VARIABLE, TRACKING_VARIABLE
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
 from branchflow.settings import AzureMLSettings, AzureMLStage, Settings, load_settings
@@ -74,6 +75,11 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
     pins = _requirements(root, aml)
     _check_computes(aml, stage_settings)
     cpu_nodes = {node for node, stage in stage_settings.items() if _on_cpu(aml, stage)}
+    driver = minimum_driver(pins)
+    drivers = {
+        node: driver if driver and _on_gpu(aml, stage) else None
+        for node, stage in stage_settings.items()
+    }
     split = bool(cpu_nodes) and any(is_cuda_package(pin) for pin in pins)
     environments = {ENVIRONMENT_FILE: _environment(aml.environment.name, pins, aml)}
     if split:
@@ -101,7 +107,9 @@ def compile_project(root: Path, out: str, settings: Settings | None = None) -> C
         files[f"{out}/{COMPUTES}/{name}.yml"] = _dump(_compute(name, aml))
     processes = {node: _processes(aml, stage) for node, stage in stage_settings.items()}
     for pipeline in find_pipelines(root, settings):
-        job = _pipeline(dag, pipeline, aml, stage_settings, processes, shards, settings.base_name)
+        job = _pipeline(
+            dag, pipeline, aml, stage_settings, processes, shards, drivers, settings.base_name
+        )
         files[f"{out}/{pipeline_file(pipeline.name)}"] = _dump(job)
     files[f"{out}/{GITIGNORE}"] = f"{HEADER}/{SNAPSHOTS}/\n"
     return Compiled(dag, files)
@@ -173,6 +181,12 @@ def _check_computes(aml: AzureMLSettings, stages: dict[str, AzureMLStage]) -> No
                 f"= {asked}, but {compute.size} has {gpu.count} GPU(s) per node; each process "
                 f"takes one GPU: set it to {gpu.count} or drop it (one per GPU)"
             )
+
+
+def _on_gpu(aml: AzureMLSettings, stage: AzureMLStage) -> bool:
+    """The node runs on a cluster branchflow configures with a GPU size."""
+    compute = aml.computes.get(stage.compute or aml.compute)
+    return compute is not None and is_gpu(compute.size)
 
 
 def _on_cpu(aml: AzureMLSettings, stage: AzureMLStage) -> bool:
@@ -348,6 +362,7 @@ def _pipeline(
     stages: dict[str, AzureMLStage],
     processes: dict[str, int],
     shards: dict[str, int],
+    drivers: dict[str, int | None],
     base_name: str,
 ) -> dict[str, Any]:
     """The pipeline job of one dvc.yaml: its stages and those upstream of them, a sharded
@@ -367,7 +382,8 @@ def _pipeline(
         count = shards[step.node]
         for index, name in enumerate(shard_jobs(step.node, count)):
             shard = (index, count) if count > 1 else None
-            jobs[name] = _job(step, stages[step.node], processes[step.node], aml, shard, shards)
+            settings = stages[step.node], processes[step.node], drivers[step.node]
+            jobs[name] = _job(step, *settings, aml, shard, shards)
     returned = [output for job in jobs.values() for output in _promoted(job).values()]
     return {
         "$schema": SCHEMA.format("pipelineJob"),
@@ -397,11 +413,13 @@ def _job(
     step: Step,
     stage: AzureMLStage,
     processes: int,
+    driver: int | None,
     aml: AzureMLSettings,
     shard: tuple[int, int] | None,
     shards: dict[str, int],
 ) -> dict[str, Any]:
-    """One node: the stage, or its shard `(index, count)`."""
+    """One node: the stage, or its shard `(index, count)`; on a GPU size, `driver` is the
+    oldest NVIDIA driver its CUDA runtime runs on, which the wrapper checks first."""
     job: dict[str, Any] = {"type": "command", "component": f"./{COMPONENTS}/{step.node}.yml"}
     if stage.compute:
         job["compute"] = f"azureml:{stage.compute}"
@@ -417,6 +435,7 @@ def _job(
     variables = {
         "PYTHONPATH": ":".join(aml.pythonpath),
         TRACKING_VARIABLE: aml.mlflow_tracking_uri or "",
+        DRIVER_VARIABLE: str(driver or ""),
     }
     if any(variables.values()):
         job["environment_variables"] = {key: value for key, value in variables.items() if value}

@@ -15,6 +15,7 @@ and ND H100 v5 series, and its retirement notices (NCv3 on 2025-09-30; NC, NCv2 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -68,6 +69,10 @@ RETIRED = {
 }
 REPLACEMENT = "Standard_NC4as_T4_v3 (1 T4) or Standard_NC24ads_A100_v4 (1 A100)"
 _CUDA_PACKAGE = re.compile(r"^(?:nvidia-|cuda-|triton\b)", re.I)
+_CUDA_RUNTIME = re.compile(r"^(?:cuda-toolkit|nvidia-cuda-runtime(?:-cu\d+)?)==(\d+)\.", re.I)
+# The oldest Linux driver branch each CUDA major runs on (NVIDIA's minor version compatibility:
+# CUDA 13.x needs a 580 driver or later, CUDA 12.x a 525 one).
+DRIVER_FOR_CUDA = {13: 580, 12: 525}
 
 
 def is_gpu(size: str) -> bool:
@@ -78,3 +83,13 @@ def is_gpu(size: str) -> bool:
 def is_cuda_package(pin: str) -> bool:
     """A package only GPU nodes need: NVIDIA's CUDA libraries, `cuda-*` and triton."""
     return bool(_CUDA_PACKAGE.match(pin.strip()))
+
+
+def minimum_driver(pins: Iterable[str]) -> int | None:
+    """The oldest NVIDIA driver branch the pinned CUDA runtime (PyPI's torch pulls it) runs on,
+    or None when the pins bring no CUDA runtime branchflow knows."""
+    for pin in pins:
+        found = _CUDA_RUNTIME.match(pin.strip())
+        if found:
+            return DRIVER_FOR_CUDA.get(int(found.group(1)))
+    return None

@@ -36,6 +36,9 @@ from pathlib import Path, PurePosixPath
 # The MLflow server of `[tool.branchflow.azureml] mlflow_tracking_uri`: the stage gets it as
 # MLFLOW_TRACKING_URI (and registry URI), whatever the service set (its workspace, azureml://).
 TRACKING_VARIABLE = "BRANCHFLOW_MLFLOW_TRACKING_URI"
+# On a GPU size: the oldest NVIDIA driver branch the locked CUDA runtime runs on. The wrapper
+# stops in one line, before the stage starts, on a node whose driver is older or has no GPU.
+DRIVER_VARIABLE = "BRANCHFLOW_GPU_DRIVER"
 SHARD_INDEX = "BRANCHFLOW_SHARD_INDEX"
 SHARD_COUNT = "BRANCHFLOW_SHARD_COUNT"
 
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     writes_outputs = os.environ.get("RANK", "0") == "0"
     _log(f"DVC stage {args.stage}, dvc_stage_hash {args.stage_hash}")
     try:
+        if env.get(DRIVER_VARIABLE):
+            _check_driver(env[DRIVER_VARIABLE])
         if args.shard:
             env.update(_shard(args.shard))
         wdir = _inside(root, args.wdir, "--wdir")
@@ -132,6 +137,28 @@ def _rooted(root: Path, pythonpath: str) -> str:
         entry if not entry or os.path.isabs(entry) else str(root / entry)
         for entry in pythonpath.split(os.pathsep)
     )
+
+
+def _check_driver(minimum: str) -> None:
+    """The node's NVIDIA driver, from `nvidia-smi`, is `minimum` (a branch, e.g. 580) or later."""
+    command = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    try:
+        found = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        found = []
+    if not found:
+        raise WrapperError(
+            "this node runs on a GPU size, but nvidia-smi shows no GPU: the stage would fall "
+            "back to the CPU or fail; check the cluster's VM size and its NVIDIA driver"
+        )
+    branch = found[0].split(".")[0]
+    if not branch.isdigit() or int(branch) < int(minimum):
+        raise WrapperError(
+            f"the node's NVIDIA driver is {found[0]}, older than the {minimum} branch the "
+            "environment's CUDA runtime needs; use a size or image with a newer driver, or lock "
+            "a torch built for an older CUDA"
+        )
+    _log(f"NVIDIA driver {found[0]} (>= {minimum})")
 
 
 def _shard(text: str) -> dict[str, str]:
