@@ -48,11 +48,13 @@ class Request:
 
 @dataclass
 class Workspace(BaseAdapter):
-    """The workspace's state: VM sizes of its region (name -> GPUs), clusters by name (REST
-    bodies), jobs by name (their status, in turn: each GET takes the next, the last stays)."""
+    """The workspace's state: VM sizes of its region (name -> GPUs), clusters by name and
+    environments by name:version (REST bodies), jobs by name (their status, in turn: each GET
+    takes the next, the last stays; a number answers that HTTP error instead)."""
 
     sizes: dict[str, int]
     computes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    environments: dict[str, dict[str, Any]] = field(default_factory=dict)  # name:version -> body
     jobs: dict[str, list[str | int]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # listed jobs (`past_job`)
     children: dict[str, dict[str, bool]] = field(default_factory=dict)  # job -> node: reused
@@ -115,6 +117,14 @@ class Workspace(BaseAdapter):
             if name not in self.computes:
                 return 404, _error("ResourceNotFound", f"compute {name} not found")
             return 200, self.computes[name]
+        found = re.fullmatch(re.escape(SCOPE) + r"/environments/([^/]+)/versions/([^/]+)", path)
+        if found:
+            key = f"{found.group(1)}:{found.group(2)}"
+            if method == "PUT":
+                self.environments[key] = {**body, "id": path, "name": found.group(2)}
+            if key not in self.environments:
+                return 404, _error("ResourceNotFound", f"environment {key} not found")
+            return 200, self.environments[key]
         found = re.fullmatch(re.escape(SCOPE) + r"/jobs/([^/]+)(/cancel)?", path)
         if found and found.group(2):
             self.jobs[found.group(1)] = ["CancelRequested"]

@@ -81,6 +81,23 @@ def test_a_fresh_workspace_gets_only_the_clusters_each_pipeline_uses(submissions
     assert "compute cpu-cluster exists as configured" in log
 
 
+def test_each_pipeline_registers_the_environments_its_nodes_run_in_once(submissions) -> None:
+    workspace, log = Workspace(sizes=REGION), []
+    submit.register_environments(client(workspace), submissions["scoring"], log.append)
+    # Scoring runs on CPUs only: its one environment has no CUDA and a dated base image.
+    (scoring,) = workspace.environments.values()
+    image = scoring["properties"]["image"]
+    assert re.fullmatch(r"mcr\.microsoft\.com/azureml/[\w.-]+:\d{8}\.v\d+", image)
+    assert "nvidia-" not in scoring["properties"]["condaFile"]
+    assert "torch==2.11.0+cpu" in scoring["properties"]["condaFile"]
+    submit.register_environments(client(workspace), submissions["training"], log.append)
+    assert len(workspace.environments) == 2  # the GPU one added, the CPU one already there
+    gpu = next(e for e in workspace.environments.values() if e is not scoring)
+    assert "nvidia-cuda-runtime==" in gpu["properties"]["condaFile"]
+    assert gpu["properties"]["image"] == image
+    assert len([line for line in log if line.startswith("registering environment")]) == 2
+
+
 def test_a_size_the_region_does_not_offer_stops_submit_before_it_creates_anything(
     submissions,
 ) -> None:

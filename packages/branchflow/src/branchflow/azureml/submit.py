@@ -239,7 +239,7 @@ def submit(
 ) -> None:
     """Create what is missing (computes, data assets, the environment), submit the job; with
     `wait`, follow it, check its reuse against the plan and fetch its results."""
-    from azure.ai.ml import load_environment, load_job
+    from azure.ai.ml import load_job
 
     client, credential = _client(workspace_ids)
     with _azure_errors():
@@ -249,11 +249,7 @@ def submit(
         computes = check_computes(client, submission)  # before a long upload
         _create_data(root, client, credential, submission, log)  # checks local data first
         create_computes(client, computes, log)
-        for path in submission.environments:
-            environment = load_environment(source=path)
-            if not _exists(client.environments.get, environment.name, version=environment.version):
-                log(f"registering environment {environment.name}:{environment.version}")
-                client.environments.create_or_update(environment)
+        register_environments(client, submission, log)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "pipeline.yml"
             path.write_text(submission.text, encoding="utf-8")
@@ -263,6 +259,17 @@ def submit(
             _wait(client, job.name, timeout, job.studio_url, log)
             check_reuse(client, job.name, verdicts, log)
             _download(client, job.name, submission.returned, root, log)
+
+
+def register_environments(client: Any, submission: Submission, log: Callable[[str], None]) -> None:
+    """Register each environment the pipeline's nodes use whose content version is new."""
+    from azure.ai.ml import load_environment
+
+    for path in submission.environments:
+        environment = load_environment(source=path)
+        if not _exists(client.environments.get, environment.name, version=environment.version):
+            log(f"registering environment {environment.name}:{environment.version}")
+            client.environments.create_or_update(environment)
 
 
 def plan_submission(
