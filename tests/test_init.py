@@ -324,6 +324,49 @@ def test_the_builds_take_the_projects_env_secrets_and_setup(initialised: Path) -
     assert_lints_clean(github, sorted((github / "workflows").glob("*.yml")))
 
 
+@pytest.mark.parametrize(
+    ("cloud", "action", "inputs"),
+    [
+        ("aws", "aws-actions/configure-aws-credentials", {"role-to-assume", "aws-region"}),
+        ("azure", "azure/login", {"client-id", "tenant-id", "subscription-id"}),
+        ("gcp", "google-github-actions/auth", {"workload_identity_provider", "service_account"}),
+    ],
+)
+def test_every_job_that_moves_dvc_data_logs_in_to_the_remotes_cloud_by_oidc(
+    initialised: Path, cloud: str, action: str, inputs: set[str]
+) -> None:
+    """`[tool.branchflow.ci] cloud_login`: before its first `dvc pull`, `dvc repro` or `dvc
+    push`, each job that runs a pipeline logs in with the vendor's action (pinned), with
+    `id-token: write` and no long-lived key; the linters stay clean."""
+    repo = initialised
+    pyproject = repo / "pyproject.toml"
+    text = pyproject.read_text().replace("lint = []\n", f"lint = []\ncloud_login = '{cloud}'\n")
+    pyproject.write_text(text)
+    assert init(repo).returncode == 0
+    moving = 0
+    for name, workflow in workflows(repo).items():
+        for job_name, job in workflow["jobs"].items():
+            steps = job.get("steps", [])
+            runs = [step.get("run", "") for step in steps]
+            first = next((i for i, r in enumerate(runs) if r.startswith("dvc ")), None)
+            if first is None:
+                continue
+            moving += 1
+            logins = [
+                i for i, step in enumerate(steps) if step.get("uses", "").startswith(f"{action}@")
+            ]
+            assert logins and logins[0] < first, (name, job_name)
+            assert set(steps[logins[0]]["with"]) == inputs, (name, job_name)
+            assert job["permissions"]["id-token"] == "write", (name, job_name)
+    assert moving >= 3
+    github = repo / ".github"
+    assert_lints_clean(github, sorted((github / "workflows").glob("*.yml")))
+    pyproject.write_text(text.replace(f"cloud_login = '{cloud}'", "cloud_login = 'ibm'"))
+    result = init(repo)
+    assert result.returncode == 3
+    assert "ci.cloud_login must be one of '', 'aws', 'azure', 'gcp', got 'ibm'" in result.stderr
+
+
 def assert_lints_clean(
     github: Path, workflows: list[Path], personas: tuple[tuple[str, ...], ...] = AUDITOR
 ) -> None:

@@ -284,7 +284,9 @@ class CISettings:
     `azureml_groups`: uv groups the Azure ML job adds. `env` (name = value) and `secrets`
     (names of GitHub secrets, passed under their own names) are given to every job that runs a
     pipeline (secrets only to those in an environment); `setup` commands run in the setup
-    action before the install.
+    action before the install. `cloud_login` ("aws", "azure" or "gcp") logs every job that
+    pulls or pushes DVC data in to that cloud by OIDC, with its vendor's action, so a DVC remote
+    on S3, Azure Blob or GCS needs no long-lived key.
     """
 
     install: str = "pip"
@@ -299,6 +301,7 @@ class CISettings:
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    cloud_login: str = ""
     pipelines: Mapping[str, CIPipeline] = field(default_factory=dict)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     gpu_runner: GpuRunnerSettings = field(default_factory=GpuRunnerSettings)
@@ -313,6 +316,7 @@ AZUREML_ENVIRONMENT_KEYS = tuple(f.name for f in fields(AzureMLEnvironment))
 AZUREML_STAGE_KEYS = tuple(f.name for f in fields(AzureMLStage))
 AZUREML_COMPUTE_KEYS = tuple(f.name for f in fields(AzureMLCompute))
 COMPUTE_TIERS = ("dedicated", "low_priority")
+CLOUD_LOGINS = ("", "aws", "azure", "gcp")  # `ci.cloud_login`: "" logs in nowhere
 
 
 @dataclass(frozen=True)
@@ -737,10 +741,20 @@ def _ci_settings(path: Path, table: object) -> CISettings:
         env=env,
         secrets=secrets,
         setup=_strings(path, "ci.setup", table.get("setup", [])),
+        cloud_login=_choice(path, "ci.cloud_login", table.get("cloud_login", ""), CLOUD_LOGINS),
         pipelines={name: _ci_pipeline(path, name, value) for name, value in pipelines.items()},
         retrain=_retrain_settings(path, table.get("retrain", {})),
         gpu_runner=_gpu_runner_settings(path, table.get("gpu_runner", {})),
     )
+
+
+def _choice(path: Path, key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        shown = ", ".join(repr(choice) for choice in allowed)
+        raise BranchflowError(
+            f"{path}: [tool.branchflow] {key} must be one of {shown}, got {value!r}"
+        )
+    return str(value)
 
 
 def _job_env(path: Path, table: object) -> dict[str, str]:

@@ -55,6 +55,10 @@ ACTIONS = {
     "upload-artifact": "actions/upload-artifact@bbbca2ddaa5d8feaa63e36b76fdaad77386f024f # v7.0.0",
     "setup-uv": "astral-sh/setup-uv@20cfd1bf945f4377ade1205e4dbc17946fc9a30d # v10.0.1",
     "azure-login": "azure/login@f5d393ae46f8fde4be8b75f32e3fc50e654ad0ca # v3.0.1",
+    "aws-credentials": (
+        "aws-actions/configure-aws-credentials@e6de054238d6b7531b4efff3b6587d9aade6a06c # v6.2.3"
+    ),
+    "gcp-auth": "google-github-actions/auth@7c6bc770dae815cd3e89ee6cdf493a5fab2cc093 # v3.0.0",
     "setup-cml": "iterative/setup-cml@f12ea7685438c1fc438d50f77519b3860cf5fa98 # v2.0.1",
 }
 
