@@ -387,6 +387,27 @@ def test_a_retired_size_or_more_processes_than_gpus_is_an_error(
     assert result.stderr == f"error: {message}\n"
 
 
+def test_a_stage_named_like_anothers_shard_is_an_error(tmp_path: Path) -> None:
+    repo = dvc_project(
+        tmp_path / "repo",
+        {
+            "pyproject.toml": '[project]\nname = "shards"\ndependencies = ["pyyaml"]\n\n'
+            "[tool.branchflow.azureml.stages.split]\ninstance_count = 2\n",
+            "dvc.yaml": """
+                stages:
+                  split: {cmd: echo a > a.txt, outs: [a.txt]}
+                  split_shard1: {cmd: echo b > b.txt, outs: [b.txt]}
+            """,
+        },
+    )
+    init_repo(repo)
+    result = run_cli(repo, "azureml", "compile")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "error: stage split's shards would be named like stage split_shard1; rename the stage\n"
+    )
+
+
 def test_a_gpu_size_gets_one_process_per_gpu_and_nodes_the_configured_mlflow(
     tmp_path: Path,
 ) -> None:
