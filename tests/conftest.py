@@ -180,13 +180,25 @@ def shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_repo(tmp_path_factory, "shapes", make_shapes_repo)
 
 
+def _git_locks(folder: str, names: list[str]) -> set[str]:
+    """git's lock files (`index.lock`, ref locks) in `.git`: never copied (dvc.lock is)."""
+    return (
+        {name for name in names if name.endswith(".lock")}
+        if ".git" in Path(folder).parts
+        else set()
+    )
+
+
 @pytest.fixture
 def copy_repo(tmp_path: Path):
-    """Copy a repository (work tree, .git and DVC cache) somewhere this test may change it."""
+    """Copy a repository (work tree, .git and DVC cache) somewhere this test may change it.
+
+    Another worker's `git status` on the shared repository may hold `.git/index.lock` for a
+    moment (it refreshes the index); that file is never copied, so the copy cannot race it."""
 
     def copy(source: Path) -> Path:
         target = tmp_path / source.name
-        shutil.copytree(source, target, symlinks=True)
+        shutil.copytree(source, target, symlinks=True, ignore=_git_locks)
         return target
 
     return copy
