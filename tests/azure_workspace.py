@@ -50,7 +50,8 @@ class Request:
 class Workspace(BaseAdapter):
     """The workspace's state: VM sizes of its region (name -> GPUs), clusters by name and
     environments by name:version (REST bodies), jobs by name (their status, in turn: each GET
-    takes the next, the last stays; a number answers that HTTP error instead)."""
+    takes the next, the last stays; a number answers that HTTP error instead, and "Ctrl-C"
+    interrupts the poll as the user's key would)."""
 
     sizes: dict[str, int]
     computes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -134,6 +135,9 @@ class Workspace(BaseAdapter):
             status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
             if isinstance(status, int):  # the service refusing the poll
                 return status, _error("Refused", f"HTTP {status} for the test")
+            if status == "Ctrl-C":  # the user interrupting `submit --wait` during this poll
+                statuses[0] = "Running"
+                raise KeyboardInterrupt
             return 200, _job(found.group(1), status)
         return 404, _error("NotFound", f"the test workspace does not answer {method} {path}")
 

@@ -154,6 +154,7 @@ def test_an_existing_cluster_takes_new_scale_settings_and_refuses_a_new_size(
         # Each poll reads the job twice (its status, then its steps through run history).
         (["Running", "Running", 401], "the Azure credentials expired after", False),
         (["Running", "Running", 400], "following Azure ML job j1 failed", True),
+        (["Running", "Running", "Ctrl-C"], "interrupted: cancelled Azure ML job j1", True),
     ],
 )
 def test_waiting_ends_on_every_terminal_or_stuck_state(
