@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from branchflow.azureml.compile import upstream_jobs
 from branchflow.azureml.snapshot import WRAPPER_FILE, snapshot_files
 from branchflow.workspace.dag import Step
 
@@ -31,7 +31,6 @@ REASONS = {
     "environment": "its environment changed (the lock or the base image)",
     "settings": "its run settings changed (compute, nodes, processes, timeout, variables)",
 }
-_UPSTREAM = re.compile(r"\$\{\{parent\.jobs\.(\w+)\.outputs\.")
 _RUN_SETTINGS = ("compute", "resources", "distribution", "limits", "environment_variables")
 
 
@@ -74,14 +73,19 @@ class Verdict:
 
 
 def node_states(
-    root: Path, steps: Sequence[Step], jobs: Mapping[str, Mapping[str, Any]], default: str
+    root: Path,
+    steps: Sequence[Step],
+    jobs: Mapping[str, Mapping[str, Any]],
+    components: Mapping[str, Mapping[str, Any]],
+    default: str,
 ) -> dict[str, NodeState]:
     """Each node's state, in the pipeline's order: `jobs` are its nodes (a stage, or one of
-    its shards), their `component` a path named by the stage's node."""
+    its shards), their `component` a path named by the stage's node, whose document
+    `components` holds."""
     snapshots = {step.node: snapshot_files(root, step) for step in steps}
     states = {}
     for name, job in jobs.items():
-        component = _load(Path(job["component"]))
+        component = components[job["component"]]
         files = dict(snapshots[Path(job["component"]).stem])
         wrapper = files.pop(WRAPPER_FILE)
         settings: dict[str, Any] = {key: job[key] for key in _RUN_SETTINGS if key in job}
@@ -104,12 +108,7 @@ def node_states(
 
 def upstream_nodes(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
     """Each node's direct upstream nodes: those whose outputs its inputs bind."""
-    return {
-        name: tuple(
-            sorted({m[1] for v in job["inputs"].values() for m in _UPSTREAM.finditer(str(v))})
-        )
-        for name, job in jobs.items()
-    }
+    return {name: tuple(sorted(upstream_jobs(job))) for name, job in jobs.items()}
 
 
 def tags(states: Mapping[str, NodeState]) -> dict[str, str]:
@@ -153,13 +152,6 @@ def plan(
             continue
         verdicts[node] = Verdict(node, True, reason)
     return list(verdicts.values())
-
-
-def _load(path: Path) -> dict[str, Any]:
-    import yaml
-
-    document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return document if isinstance(document, dict) else {}
 
 
 def _sha(content: bytes) -> str:

@@ -27,6 +27,7 @@ from branchflow.azureml.compile import (
     compile_project,
     data_asset_name,
     pipeline_file,
+    promoted,
 )
 from branchflow.azureml.plan import (
     PLAN_TAG,
@@ -136,7 +137,11 @@ def prepare(
         "run_url": context.run_url,
     }
     default = pipeline["settings"]["default_compute"].removeprefix("azureml:")
-    states = node_states(root, steps, pipeline["jobs"], default)
+    components = {  # each component's document, read once (a stage's shards share one)
+        path: yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        for path in {job["component"] for job in pipeline["jobs"].values()}
+    }
+    states = node_states(root, steps, pipeline["jobs"], components, default)
     head = {key: pipeline.pop(key) for key in ("$schema", "type")}
     document = {
         **head,
@@ -146,8 +151,8 @@ def prepare(
         | plan_tags(states),
         **pipeline,
     }
-    used = _used(root / out, pipeline)
-    returned = _returned(pipeline["jobs"])
+    used = _used(root / out, pipeline["jobs"], components, default)
+    returned = _returned(pipeline["jobs"], components)
     read = {item.producer_output for step in steps for item in step.inputs if not item.producer}
     prefix = settings.azureml.data_prefix
     data = tuple(
@@ -178,16 +183,14 @@ def prepare(
     )
 
 
-def _returned(jobs: Mapping[str, Any]) -> dict[str, str]:
+def _returned(jobs: Mapping[str, Any], components: Mapping[str, Any]) -> dict[str, str]:
     """Pipeline output -> the DVC path it holds (the component output's description); the
     shards of one stage return one path each."""
-    returned = {}
-    for job in jobs.values():
-        component = yaml.safe_load(Path(job["component"]).read_text(encoding="utf-8"))
-        for name, binding in (job.get("outputs") or {}).items():
-            output = str(binding).removeprefix("${{parent.outputs.").removesuffix("}}")
-            returned[output] = component["outputs"][name]["description"]
-    return returned
+    return {
+        output: components[job["component"]]["outputs"][name]["description"]
+        for job in jobs.values()
+        for name, output in promoted(job).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -196,19 +199,19 @@ class _Used:
     processes: dict[str, int]  # cluster -> the most processes per machine of a node on it
 
 
-def _used(folder: Path, pipeline: dict[str, Any]) -> _Used:
+def _used(
+    folder: Path, jobs: Mapping[str, Any], components: Mapping[str, Any], default: str
+) -> _Used:
     """The environments and clusters the pipeline's nodes run on: only these are created."""
     references = {}
     for name in (ENVIRONMENT_FILE, CPU_ENVIRONMENT_FILE):
         if (folder / name).is_file():
             spec = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
             references[f"azureml:{spec['name']}:{spec['version']}"] = folder / name
-    default = pipeline["settings"]["default_compute"].removeprefix("azureml:")
     environments: set[Path] = set()
     processes: dict[str, int] = {}
-    for job in pipeline["jobs"].values():
-        component = yaml.safe_load(Path(job["component"]).read_text(encoding="utf-8"))
-        environments.add(references[component["environment"]])
+    for job in jobs.values():
+        environments.add(references[components[job["component"]]["environment"]])
         compute = job.get("compute", default).removeprefix("azureml:")
         count = job.get("distribution", {}).get("process_count_per_instance", 1)
         processes[compute] = max(processes.get(compute, 1), count)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from branchflow.azureml.compile import (
+    BINDING,
     COMPONENTS,
     COMPUTES,
     CPU_ENVIRONMENT_FILE,
@@ -32,9 +32,6 @@ from branchflow.azureml.snapshot import write_snapshots
 from branchflow.errors import BranchflowError
 from branchflow.workspace.dag import Dag
 
-BINDING = re.compile(
-    r"\$\{\{\s*parent\.(?:inputs\.(\w+)|jobs\.(\w+)\.outputs\.(\w+)|outputs\.(\w+))\s*\}\}"
-)
 LITERALS = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
 
 
