@@ -26,6 +26,12 @@ class BranchflowError(Exception):
     """A problem the user can fix; the message says how. Exit status `EXIT_TOOL`."""
 
 
+def first_line(exc: BaseException, text: str | None = None) -> str:
+    """The first line of `text` (default: the exception's own), else the exception's type:
+    a library's error as one line of ours."""
+    return ((text or str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+
+
 @functools.cache
 def docs_url(page: str) -> str:
     """Where a docs page is for whoever installed branchflow: the `Documentation` URL of its

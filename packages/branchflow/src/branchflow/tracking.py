@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from branchflow.errors import BranchflowError
+from branchflow.errors import BranchflowError, first_line
 from branchflow.workspace.context import Context
 from branchflow.workspace.naming import qualified_names
 
@@ -377,5 +377,5 @@ def file_sha256(path: Path) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    message = getattr(exc, "message", None) or str(exc)
-    return (message.strip().splitlines() or [type(exc).__name__])[0]
+    """An MLflow error's message (its `message`, not its JSON-ish str) as one line."""
+    return first_line(exc, getattr(exc, "message", None))

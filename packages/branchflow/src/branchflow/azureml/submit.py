@@ -41,7 +41,7 @@ from branchflow.azureml.plan import (
 from branchflow.azureml.plan import tags as plan_tags
 from branchflow.azureml.upload import upload_source
 from branchflow.azureml.validate import validate
-from branchflow.errors import BranchflowError
+from branchflow.errors import BranchflowError, first_line
 from branchflow.settings import load_settings
 from branchflow.workspace.context import resolve_context
 from branchflow.workspace.naming import names_for
@@ -306,8 +306,7 @@ def _azure_errors() -> Iterator[None]:
     try:
         yield
     except AzureError as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BranchflowError(f"Azure ML: {message}") from exc
+        raise BranchflowError(f"Azure ML: {first_line(exc)}") from exc
 
 
 def _exists(get: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
@@ -517,9 +516,8 @@ def _wait(client: Any, name: str, timeout: float, url: str, log: Callable[[str],
         raise BranchflowError(f"interrupted: cancelled Azure ML job {name}; see {url}") from None
     except AzureError as exc:
         _cancel(client, name, log)
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BranchflowError(
-            f"following Azure ML job {name} failed ({message}); cancelled it; see {url}"
+            f"following Azure ML job {name} failed ({first_line(exc)}); cancelled it; see {url}"
         ) from None
 
 
@@ -549,8 +547,7 @@ def _cancel(client: Any, name: str, log: Callable[[str], None]) -> None:
     try:
         client.jobs.begin_cancel(name)
     except AzureError as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        log(f"could not cancel {name} ({message}); cancel it in the studio")
+        log(f"could not cancel {name} ({first_line(exc)}); cancel it in the studio")
     else:
         log(f"cancelling {name}")
 
