@@ -413,13 +413,13 @@ def _reconcile(client: Any, wanted: Any, existing: Any, log: Callable[[str], Non
     """An existing cluster keeps its size and tier (Azure cannot change them) and takes the
     file's scale settings."""
     key = f"[tool.branchflow.azureml.computes.{wanted.name}]"
-    for field, what in (("size", "size"), ("tier", "tier")):
+    for field in ("size", "tier"):
         have, want = getattr(existing, field), getattr(wanted, field)
         if have is not None and str(have).lower() != str(want).lower():
             raise BranchflowError(
-                f"compute {wanted.name} exists with {what} {have}, but {key} says {want}, and "
-                f"Azure cannot change a cluster's {what}: delete it (`az ml compute delete "
-                f"--name {wanted.name}`) and submit again, or set {what} = {have!r}"
+                f"compute {wanted.name} exists with {field} {have}, but {key} says {want}, and "
+                f"Azure cannot change a cluster's {field}: delete it (`az ml compute delete "
+                f"--name {wanted.name}`) and submit again, or set {field} = {have!r}"
             )
     scale = ("min_instances", "max_instances", "idle_time_before_scale_down")
     changed = [
