@@ -35,7 +35,13 @@ from branchflow.azureml.snapshot import SNAPSHOTS, WRAPPER_FILE
 from branchflow.azureml.wrapper import DRIVER_VARIABLE, TRACKING_VARIABLE
 from branchflow.errors import BranchflowError
 from branchflow.generated import Plan
-from branchflow.settings import AzureMLSettings, AzureMLStage, Settings, load_settings
+from branchflow.settings import (
+    AzureMLCompute,
+    AzureMLSettings,
+    AzureMLStage,
+    Settings,
+    load_settings,
+)
 from branchflow.workspace.dag import Dag, DataSource, Input, Step, ident, read_dag
 from branchflow.workspace.lock import environment_requirements
 from branchflow.workspace.pipelines import Pipeline, find_pipelines, pipeline_steps
@@ -162,22 +168,22 @@ def _stale(root: Path, out: str, files: dict[str, str]) -> list[str]:
 def _check_computes(aml: AzureMLSettings, stages: dict[str, AzureMLStage]) -> None:
     """Every cluster branchflow creates is a size Azure still offers, with room for every node
     count asked of it and a GPU for every process."""
-    for name, size in ((name, compute.size) for name, compute in aml.computes.items()):
-        if size in RETIRED:
+    for name, cluster in aml.computes.items():
+        if cluster.size in RETIRED:
             raise BranchflowError(
-                f"[tool.branchflow.azureml.computes.{name}] size = {size!r}: Azure retired it "
-                f"on {RETIRED[size]}; choose a current size, e.g. {REPLACEMENT}"
+                f"[tool.branchflow.azureml.computes.{name}] size = {cluster.size!r}: Azure "
+                f"retired it on {RETIRED[cluster.size]}; choose a current size, e.g. "
+                f"{REPLACEMENT}"
             )
     for node, stage in stages.items():
-        name = stage.compute or aml.compute
-        compute = aml.computes.get(name)
+        compute = _cluster(aml, stage)
         if compute is None:
             continue
         if stage.distribution and stage.instance_count > compute.max_instances:
             raise BranchflowError(
-                f"[tool.branchflow.azureml.computes.{name}] max_instances = "
-                f"{compute.max_instances}, but node {node} asks for instance_count = "
-                f"{stage.instance_count}; raise max_instances"
+                f"[tool.branchflow.azureml.computes.{stage.compute or aml.compute}] "
+                f"max_instances = {compute.max_instances}, but node {node} asks for "
+                f"instance_count = {stage.instance_count}; raise max_instances"
             )
         gpu = GPU_SIZES.get(compute.size)
         asked = stage.process_count_per_instance
@@ -189,16 +195,21 @@ def _check_computes(aml: AzureMLSettings, stages: dict[str, AzureMLStage]) -> No
             )
 
 
+def _cluster(aml: AzureMLSettings, stage: AzureMLStage) -> AzureMLCompute | None:
+    """The cluster a node runs on, when branchflow configures it (else None)."""
+    return aml.computes.get(stage.compute or aml.compute)
+
+
 def _on_gpu(aml: AzureMLSettings, stage: AzureMLStage) -> bool:
     """The node runs on a cluster branchflow configures with a GPU size."""
-    compute = aml.computes.get(stage.compute or aml.compute)
+    compute = _cluster(aml, stage)
     return compute is not None and is_gpu(compute.size)
 
 
 def _on_cpu(aml: AzureMLSettings, stage: AzureMLStage) -> bool:
     """The node runs on a cluster branchflow configures with a CPU size; a cluster it does
     not configure may have GPUs, so it gets the full environment."""
-    compute = aml.computes.get(stage.compute or aml.compute)
+    compute = _cluster(aml, stage)
     return compute is not None and not is_gpu(compute.size)
 
 
@@ -207,7 +218,7 @@ def _processes(aml: AzureMLSettings, stage: AzureMLStage) -> int:
     size (1 where the size is not in `branchflow.azureml.sizes` or has no GPU)."""
     if stage.process_count_per_instance:
         return stage.process_count_per_instance
-    compute = aml.computes.get(stage.compute or aml.compute)
+    compute = _cluster(aml, stage)
     gpu = GPU_SIZES.get(compute.size) if compute else None
     return gpu.count if gpu and stage.distribution else 1
 
