@@ -126,21 +126,19 @@ def _python_calls(sid: str, cmd: str | list[str]) -> Iterator[tuple[list[str], s
             for i, word in enumerate([*words, ";"]):
                 if word in _SEPARATORS:
                     command = words[start:i]
-                    exported = _exported(command) or exported
+                    if command[:1] == ["export"]:
+                        exported = _assigned(command) or exported
                     call = _python_call(command)
                     if call:
-                        assigned = [w for w in command if w.startswith(f"{_PATH}=")]
-                        yield call, assigned[-1].split("=", 1)[1] if assigned else exported
+                        assigned = _assigned(command)
+                        yield call, exported if assigned is None else assigned
                     start = i + 1
 
 
-def _exported(command: list[str]) -> str | None:
-    """The value of `export PYTHONPATH=...`, when `command` is that."""
-    if command[:1] == ["export"]:
-        for word in command[1:]:
-            if word.startswith(f"{_PATH}="):
-                return word.split("=", 1)[1]
-    return None
+def _assigned(command: list[str]) -> str | None:
+    """The value the last `PYTHONPATH=...` word of `command` gives, if any."""
+    values = [word.split("=", 1)[1] for word in command if word.startswith(f"{_PATH}=")]
+    return values[-1] if values else None
 
 
 def _pythonpath_roots(value: str, wdir: Path) -> list[Path]:
