@@ -3,9 +3,8 @@
 `compile` uses it to start one process per GPU, to refuse retired sizes, and to put GPU nodes
 (the N-series) on the CUDA environment. Every GPU here is Turing (sm_75) or later, which the
 locked PyPI torch (CUDA 13) has kernels for; CUDA 13 has none for Volta (V100) and older, and
-every size with those GPUs is retired. `submit`
-checks every cluster it would create against the sizes the workspace's region offers, which
-also covers sizes this table does not name.
+every size with those GPUs is retired. `submit` checks every cluster it would create against
+the sizes the workspace's region offers, which also covers sizes this table does not name.
 
 Sources: Azure's size pages for the NCasT4_v3, NC A10 v4, NC A100 v4, ND A100 v4, NCads H100 v5
 and ND H100 v5 series, and its retirement notices (NCv3 on 2025-09-30; NC, NCv2 and ND on

@@ -438,18 +438,19 @@ def _defined(
     root: Path, commit: str | None, entries: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """The lock `entries` whose stage its dvc.yaml defines (`name@item` by its `name`)."""
-    yamls = {posixpath.join(posixpath.dirname(_lock_of(stage)), PIPELINE_FILE) for stage in entries}
+    yamls = {_yaml_of(stage) for stage in entries}
     documents = _documents(root, commit, lambda file: file in yamls)
-    defined = {(file, name) for file, document in documents.items() for name in (_stages(document))}
+    defined = {(file, name) for file, document in documents.items() for name in _stages(document)}
     return {
         stage: entry
         for stage, entry in entries.items()
-        if (
-            posixpath.join(posixpath.dirname(_lock_of(stage)), PIPELINE_FILE),
-            stage.rpartition(":")[2].partition("@")[0],
-        )
-        in defined
+        if (_yaml_of(stage), stage.rpartition(":")[2].partition("@")[0]) in defined
     }
+
+
+def _yaml_of(stage: str) -> str:
+    """The `dvc.yaml` that defines `stage` (an address as `_pipeline` gives it)."""
+    return posixpath.join(posixpath.dirname(_lock_of(stage)), PIPELINE_FILE)
 
 
 def _lock_of(stage: str) -> str:
