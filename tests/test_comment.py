@@ -173,6 +173,9 @@ def failed(document: dict[str, Any]) -> None:
     document["verdict"]["passed"] = False
 
 
+INTERVAL = {"low": -0.02, "high": 0.01, "units": 16, "confidence": 0.95, "verdict": "worse"}
+
+
 def on_document(*keys: str | int, value: Any) -> Callable[[Path], None]:
     return lambda artifact: edit(artifact, put(*keys, value=value))
 
@@ -263,7 +266,15 @@ CRAFTED = {
     "infinity": (raw_json('"value": 0.955', '"value": -Infinity'), "Infinity"),
     "overflow": (raw_json('"value": 0.955', '"value": 1e999'), "not a finite number"),
     "number as text in a metric": (on_document("metrics", 0, "value", value="0.99"), "value"),
-    "unknown schema": (on_document("schema", value="branchflow-report/2"), "rebase"),
+    "unknown schema": (on_document("schema", value="branchflow-report/3"), "rebase"),
+    "forged interval verdict": (
+        on_document("metrics", 0, "vs_base", value={**INTERVAL, "verdict": "fine"}),
+        "vs_base.verdict",
+    ),
+    "interval of one unit": (
+        on_document("metrics", 0, "vs_base", value={**INTERVAL, "units": 1}),
+        "not a count of units",
+    ),
     "extra key": (on_document("comment", value="hi"), "unknown: comment"),
     "extra nested key": (on_document("metrics", 0, "html", value="<b>"), "unknown: html"),
     "duplicate key": (raw_json('"pr": 7', '"pr": 7, "pr": 8'), "a key appears twice"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -12,9 +14,17 @@ from click.testing import CliRunner
 
 from branchflow.cli import main
 from branchflow.errors import BranchflowError
-from branchflow.report.compare import Base, Champion, Comparison, Metric, default_base
+from branchflow.paired import Units, parse_formula
+from branchflow.report.compare import (
+    Base,
+    Champion,
+    Comparison,
+    Metric,
+    UnitTables,
+    default_base,
+)
 from branchflow.report.gate import evaluate
-from branchflow.settings import GateSettings, load_settings
+from branchflow.settings import GateSettings, UnitSettings, load_settings
 from tests.conftest import hide_ci_variables, init_repo, sh
 from tests.metrics_project import branch_with
 
@@ -212,3 +222,167 @@ def test_shallow_clone_without_the_base_says_how_to_fetch_it(
     )
     assert fetched.returncode == 0, fetched.stderr
     assert "ok: `model.f1` vs origin/main: 0.9600 → 0.9700, within" in fetched.stdout
+
+
+# --- noise-aware drop rules: `[tool.branchflow.gate.units]` ---------------------------------
+
+MEAN_HIT = {"f1": parse_formula("hit / 1")}
+PAIRED = replace(GATE, units=UnitSettings("units.csv", "unit", MEAN_HIT, resamples=2000))
+
+
+def hits(*values: int) -> Units:
+    return Units("units.csv", {f"u{i:03}": {"hit": float(v)} for i, v in enumerate(values)})
+
+
+def paired(base: Units | None, branch: Units, champion: Units | None = None) -> Comparison:
+    """A comparison whose f1 values are the units' means, as a well-configured stage writes."""
+    f1 = {
+        name: sum(r["hit"] for r in u.rows.values()) / len(u.rows)
+        for name, u in (("base", base), ("branch", branch), ("champion", champion))
+        if u is not None
+    }
+    comp = comparison(
+        {"f1": f1.get("base", 0.99), "loss": 0.1},
+        {"f1": f1.get("champion", 0.99)},
+        f1=f1["branch"],
+        loss=0.1,
+    )
+    missing = {} if base is not None else {"base": "main has no units.csv"}
+    return replace(comp, units=UnitTables(branch, base, champion, missing))
+
+
+def test_a_drop_that_noise_explains_passes_and_a_real_one_fails_with_its_interval() -> None:
+    base = hits(*[1] * 194, *[0] * 6)  # 0.97
+    noisy = hits(*[0] * 5, *[1] * 189, *[1] * 2, *[0] * 4)  # 5 lost, 2 gained: 0.955
+    verdict = evaluate(PAIRED, paired(base, noisy, base))
+    assert verdict.passed, verdict.lines()
+    text = next(c.text for c in verdict.checks if c.text.startswith("`f1` vs main"))
+    assert text.startswith("`f1` vs main: 0.9700 → 0.9550, no detectable change (95% interval -0.0")
+    assert text.endswith("of the change over 200 paired units)")
+    assert set(verdict.intervals) == {"base", "champion"}
+    # The fixed 0.01 would have failed it.
+    assert failures(GATE, paired(base, noisy, base))[0].startswith("`f1` got worse by 0.0150")
+
+    worse = hits(*[0] * 12, *[1] * 182, *[0] * 6)  # 12 lost: 0.91
+    failed = failures(PAIRED, paired(base, worse, base))
+    assert [t.split(":")[0] for t in failed] == [
+        "`f1` is 0.9100, below the floor 0.9500",
+        "`f1` vs main",
+        "`f1` vs champion v3",
+    ]
+    assert ", worse (95% interval -0.0" in failed[1]
+    interval = evaluate(PAIRED, paired(base, worse, base)).intervals["base"]["f1"]
+    assert interval.change == pytest.approx(-0.06)
+    assert interval.low < interval.change < interval.high < 0
+
+
+def test_without_units_on_a_side_or_with_other_units_the_fixed_threshold_judges() -> None:
+    branch = hits(*[1] * 96, *[0] * 4)
+    verdict = evaluate(PAIRED, paired(None, branch, hits(*[1] * 50, *[0] * 2)))
+    assert "`f1` vs main: main has no units.csv; judged by its fixed threshold" in verdict.notes
+    assert any(
+        n.startswith(
+            "`f1` vs champion v3: the units differ (52 shared, 48 only here, 0 only there)"
+        )
+        for n in verdict.notes
+    )
+    assert verdict.intervals == {"base": {}, "champion": {}}
+
+
+def test_a_formula_that_does_not_give_the_metrics_value_fails() -> None:
+    units = hits(*[1] * 90, *[0] * 10)
+    comp = replace(
+        paired(units, units), metrics=(Metric("f1", 0.97, 0.9, 0.07), Metric("loss", 0.1, 0.1, 0.0))
+    )
+    assert failures(PAIRED, comp)[0] == (
+        "`f1` is 0.9700, but its formula over units.csv gives 0.9000; "
+        "fix [tool.branchflow.gate.units] metrics or the stage"
+    )
+    renamed = replace(
+        paired(units, units),
+        units=UnitTables(Units("units.csv", {"a": {"x": 1}, "b": {"x": 0}}), None, None, {}),
+    )
+    assert "units.csv: no `hit` column for `f1` = hit / 1; fix the stage or " in "".join(
+        failures(PAIRED, renamed)
+    )
+
+
+def test_unit_settings_read_well_and_refuse_a_bad_formula_in_one_line(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    table = '[tool.branchflow.gate.units]\nfile = "reports/units.csv"\nkey = "video"\n'
+    pyproject.write_text(
+        f'{table}[tool.branchflow.gate.units.metrics]\n"a.f1" = "2*tp / (2*tp + fp + fn)"\n'
+    )
+    units = load_settings(tmp_path).gate.units
+    assert units is not None
+    assert (units.file, units.key, units.confidence, units.resamples) == (
+        "reports/units.csv",
+        "video",
+        0.95,
+        10_000,
+    )
+    assert units.metrics["a.f1"].denominator == {"tp": 2.0, "fp": 1.0, "fn": 1.0}
+    for extra, message in [
+        (
+            '[tool.branchflow.gate.units.metrics]\n"f1" = "tp + fp"\n',
+            "metrics 'f1' = 'tp + fp': must be a ratio",
+        ),
+        (
+            "confidence = 95\n[tool.branchflow.gate.units.metrics]\n",
+            "confidence must be a number from 0.5",
+        ),
+        (
+            "resample = 10\n",
+            "unknown key 'resample' in [tool.branchflow.gate.units]; did you mean 'resamples'?",
+        ),
+    ]:
+        pyproject.write_text(table + extra)
+        with pytest.raises(BranchflowError, match=re.escape(message)):
+            load_settings(tmp_path)
+    pyproject.write_text('[tool.branchflow.gate.units]\nfile = "u.csv"\n')
+    with pytest.raises(
+        BranchflowError, match=re.escape("[tool.branchflow.gate.units] needs `key`")
+    ):
+        load_settings(tmp_path)
+
+
+def test_the_gate_pairs_the_workspaces_units_with_the_base_commits(
+    metrics_repo: Path, copy_repo, monkeypatch: pytest.MonkeyPatch, no_ci_env: None
+) -> None:
+    """On a real git + DVC project: the base's units.csv is read at the base commit."""
+    repo = copy_repo(metrics_repo)
+    monkeypatch.chdir(repo)
+    with (repo / "pyproject.toml").open("a") as pyproject:
+        pyproject.write(
+            '\n[tool.branchflow.gate.units]\nfile = "reports/units.csv"\nkey = "unit"\n'
+            '[tool.branchflow.gate.units.metrics]\n"model.f1" = "hit / 1"\n'
+        )
+    write_units(repo, [1] * 192 + [0] * 8)  # 0.96, as params.yaml says
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "units", cwd=repo)
+    sh("git", "checkout", "-q", "-b", "noisy", cwd=repo)
+    set_f1(repo, 0.945)  # 4 lost, 1 gained: fails a fixed 0.01, not the interval
+    write_units(repo, [0] * 4 + [1] * 188 + [1] + [0] * 7)
+    result = CliRunner().invoke(main, ["gate", "--base", "main"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "ok: `model.f1` vs main: 0.9600 → 0.9450, no detectable change (95% interval"
+        in result.output
+    )
+    write_units(repo, [0] * 14 + [1] * 178 + [0] * 8)
+    set_f1(repo, 0.89)
+    result = CliRunner().invoke(main, ["gate", "--base", "main"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL: `model.f1` vs main: 0.9600 → 0.8900, worse (95% interval -0.1" in result.output
+
+
+def write_units(repo: Path, values: list[int]) -> None:
+    lines = ["unit,hit", *(f"u{i:03},{v}" for i, v in enumerate(values))]
+    (repo / "reports" / "units.csv").write_text("\n".join(lines) + "\n")
+
+
+def set_f1(repo: Path, f1: float) -> None:
+    path = repo / "reports" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["model"]["f1"] = f1
+    path.write_text(json.dumps(metrics))

@@ -1,7 +1,8 @@
 """Stage `evaluate`: score the CNN and the classical baseline on the held-out videos.
 
-Writes metrics (precision, recall, F1, PR-AUC, overall and per defect kind), DVC plot data
-(PR curves, confusion matrix) and a PNG of detections drawn on a frame.
+Writes metrics (precision, recall, F1, PR-AUC, overall and per defect kind), each held-out
+video's detection counts (`units.csv`: what the gate's paired intervals resample), DVC plot
+data (PR curves, confusion matrix) and a PNG of detections drawn on a frame.
 
     python -m badpixels.evaluate models/model.pt data/processed/features data/interim/frames \
         reports
@@ -52,6 +53,7 @@ class Predictions:
     cnn_score: np.ndarray  # probability of being defective
     base_flag: np.ndarray  # baseline says defective
     base_score: np.ndarray  # baseline residual score
+    units: list[dict]  # per video: its name and each detector's true/false positives, misses
     sample: tuple[np.ndarray, np.ndarray, np.ndarray]  # a frame, its truth and CNN maps
 
 
@@ -80,8 +82,22 @@ def predict_videos(model: Path, features: Path, frames: Path, threshold: float) 
         for file in tqdm(files, desc="evaluate", disable=None)
     ]
     flat = [np.concatenate([m[i].ravel() for m in maps]) for i in range(5)]
+    units = [video_counts(file.stem, m) for file, m in zip(files, maps, strict=True)]
     first = np.load(frames / f"{files[0].stem}.npy")[0]
-    return Predictions(*flat, sample=(first, maps[0][0], maps[0][1]))
+    return Predictions(*flat, units=units, sample=(first, maps[0][0], maps[0][1]))
+
+
+def video_counts(video: str, maps: list[np.ndarray]) -> dict:
+    """One video's defective-pixel counts: true positives, false positives and misses of the
+    CNN and the baseline, from which the overall precision, recall and F1 are sums."""
+    truth, cnn_class, _, base_flag, _ = maps
+    row: dict = {"video": video}
+    for name, flag in (("cnn", cnn_class > 0), ("baseline", base_flag)):
+        defective = truth > 0
+        row[f"{name}_tp"] = int((flag & defective).sum())
+        row[f"{name}_fp"] = int((flag & ~defective).sum())
+        row[f"{name}_fn"] = int((~flag & defective).sum())
+    return row
 
 
 def detection_metrics(truth: np.ndarray, flag: np.ndarray, score: np.ndarray) -> dict:
@@ -158,8 +174,11 @@ def evaluate(p: Predictions) -> dict:
 
 
 def write_reports(reports: Path, metrics: dict, p: Predictions) -> None:
-    """metrics.json, plots/ (PR curves, confusion rows) and figures/, each atomically."""
+    """metrics.json, units.csv, plots/ (PR curves, confusion rows) and figures/, each
+    atomically."""
     require_finite(reports / "metrics.json", metrics)  # before any of them is written
+    with atomic_output(reports / "units.csv") as tmp:
+        write_csv(tmp, p.units)
     with atomic_output(reports / "plots") as tmp:
         tmp.mkdir()
         write_csv(tmp / "pr_cnn.csv", pr_curve(p.truth, p.cnn_score))

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from branchflow import __version__
 from branchflow.errors import BranchflowError
+from branchflow.paired import Formula, parse_formula
 
 PYPROJECT = "pyproject.toml"
 PIPELINES_SECTION = "[tool.branchflow.pipelines]"
@@ -28,6 +29,22 @@ DEFAULT_NAME_PATTERN = "{pipeline_type}_{base}_{branch}"
 GATE_SECTION = "[tool.branchflow.gate]"
 GATES_SECTION = "[tool.branchflow.gates]"  # `gates.<pipeline>`: another pipeline's gate
 GATE_RULES = ("min", "max", "max_drop_vs_base", "max_drop_vs_champion")
+UNITS_SECTION = "[tool.branchflow.gate.units]"
+UNITS_KEYS = ("file", "key", "metrics", "confidence", "resamples")
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """`[tool.branchflow.gate.units]`: per-unit results (one CSV row per held-out unit, named
+    by its `key` column) and each metric as a formula of their columns. The drop rules of
+    those metrics are judged by a paired bootstrap interval of the change over the units
+    both sides scored (`branchflow.paired`) instead of their fixed thresholds."""
+
+    file: str
+    key: str
+    metrics: Mapping[str, Formula]
+    confidence: float = 0.95
+    resamples: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class GateSettings:
     max: Mapping[str, float] = field(default_factory=dict)
     max_drop_vs_base: Mapping[str, float] = field(default_factory=dict)
     max_drop_vs_champion: Mapping[str, float] = field(default_factory=dict)
+    units: UnitSettings | None = None
 
     def higher_is_better(self, metric: str) -> bool:
         """Whether a larger value of `metric` is an improvement."""
@@ -438,6 +456,36 @@ def _gate_settings(path: Path, table: object, section: str = GATE_SECTION) -> Ga
         key_metric=None if key_metric is None else _string(path, "gate.key_metric", key_metric),
         lower_is_better=tuple(lower),
         **{rule: _thresholds(path, section, rule, table.get(rule, {})) for rule in GATE_RULES},
+        units=None if "units" not in table else _unit_settings(path, section, table["units"]),
+    )
+
+
+def _unit_settings(path: Path, gate: str, table: object) -> UnitSettings:
+    section = f"{gate.removesuffix(']')}.units]"
+    table = _table(path, section, table, UNITS_KEYS)
+    for required in ("file", "key", "metrics"):
+        if required not in table:
+            raise BranchflowError(f"{path}: {section} needs `{required}`; see docs/gate.md")
+    formulas = _table(path, f"{section} metrics", table["metrics"])
+    metrics: dict[str, Formula] = {}
+    for name, text in formulas.items():
+        if not isinstance(text, str):
+            raise BranchflowError(f"{path}: {section} metrics '{name}' must be a formula string")
+        try:
+            metrics[name] = parse_formula(text)
+        except ValueError as exc:
+            raise BranchflowError(f"{path}: {section} metrics '{name}' = {text!r}: {exc}") from None
+    confidence = table.get("confidence", 0.95)
+    if not isinstance(confidence, float) or not 0.5 <= confidence < 1:
+        raise BranchflowError(
+            f"{path}: {section} confidence must be a number from 0.5 to below 1, e.g. 0.95"
+        )
+    return UnitSettings(
+        file=_relative_paths(path, "gate.units.file", [table["file"]])[0],
+        key=_string(path, "gate.units.key", table["key"]),
+        metrics=metrics,
+        confidence=confidence,
+        resamples=_count(path, "gate.units.resamples", table.get("resamples", 10_000)),
     )
 
 

@@ -366,9 +366,17 @@ def log_snapshot(root: Path, snapshot: Snapshot, model_id: str | None = None) ->
     mlflow.log_params(snapshot.params)
     mlflow.log_metrics(snapshot.metrics, model_id=model_id)
     for path in snapshot.plots:
-        mlflow.log_artifact(str(root / path), str(Path(path).parent))
+        log_file(root, path)
     if snapshot.lock_sha256:
         mlflow.log_artifact(str(root / LOCK_FILE))
+
+
+def log_file(root: Path, path: str) -> None:
+    """Log the project file `path` to the active run at the same relative path."""
+    import mlflow
+
+    folder = Path(path).parent.as_posix()
+    mlflow.log_artifact(str(root / path), None if folder == "." else folder)
 
 
 def file_sha256(path: Path) -> str:

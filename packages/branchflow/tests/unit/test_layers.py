@@ -12,7 +12,7 @@ import branchflow
 PACKAGE = Path(branchflow.__file__).parent
 # Lowest first. cli sits on everything; nothing below imports it.
 LAYERS = [
-    ("branchflow", "branchflow.errors", "branchflow.files"),
+    ("branchflow", "branchflow.errors", "branchflow.files", "branchflow.paired"),
     ("branchflow.settings",),
     ("branchflow.workspace",),
     ("branchflow.tracking", "branchflow.drift", "branchflow.generated"),

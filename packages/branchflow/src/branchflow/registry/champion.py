@@ -160,7 +160,8 @@ def _copy(
     client: MlflowClient, store: Store, source: ModelVersion, production: str
 ) -> ModelVersion:
     """The version of `production` that copies `source`: the one an earlier promote (or one that
-    crashed before moving the alias) made, else a new copy of its files and run metrics."""
+    crashed before moving the alias) made, else a new copy of its files, run metrics and run
+    artifacts."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -173,6 +174,10 @@ def _copy(
         (local / DOWNLOAD_NOTE).unlink(missing_ok=True)
         run = _production_run(client, store, production, source_uri)
         client.log_artifacts(run.info.run_id, str(local), MODEL_ARTIFACT)
+        if source.run_id:  # its plots, dvc.lock and per-unit results: the gate's champion side
+            logged = Path(tmp, "run")
+            mlflow.artifacts.download_artifacts(run_id=source.run_id, dst_path=str(logged))
+            client.log_artifacts(run.info.run_id, str(logged))
         metrics = client.get_run(source.run_id).data.metrics if source.run_id else {}
         now = int(time.time() * 1000)
         copied = [Metric(key, value, now, 0) for key, value in metrics.items()]

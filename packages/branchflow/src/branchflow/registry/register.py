@@ -30,6 +30,7 @@ from branchflow.tracking import (
     end_orphans,
     ensure_experiment,
     lease_tags,
+    log_file,
     log_snapshot,
     mlflow_errors,
     read_snapshot,
@@ -76,7 +77,8 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
     context = resolve_context(root, env, settings)
     names = names_for(context, settings)
     judged = scope(root, settings, read_dag(root), None)
-    files = [*model.artifacts.values(), *model.source_files]
+    units = judged.gate.units.file if judged.gate.units else None
+    files = [*model.artifacts.values(), *model.source_files, *([units] if units else [])]
     snapshot = read_snapshot(root, judged.data_hash, files, judged.metrics_files)
     unknown = [key for key in model.key_metrics if key not in snapshot.metrics]
     if unknown:
@@ -112,6 +114,8 @@ def register(root: Path, env: Mapping[str, str] = os.environ) -> Registration:
             flavor = importlib.import_module(f"mlflow.{model.flavor}")
             info = flavor.log_model(name=MODEL_ARTIFACT, **package)
             log_snapshot(root, snapshot, info.model_id)  # after the model: metrics link to it
+            if units:  # what the gate's paired intervals against this model read
+                log_file(root, units)
         key_metrics = {f"metric.{key}": str(snapshot.metrics[key]) for key in model.key_metrics}
         tags = {**tags, MODEL_SHA_TAG: sha, PACKAGE_SHA_TAG: key, **key_metrics}
         version = mlflow.register_model(info.model_uri, names.model, tags=tags)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from branchflow.errors import BranchflowError
+from branchflow.paired import Units, read_units
 from branchflow.workspace.context import data_version
 from branchflow.workspace.git import git
 from branchflow.workspace.naming import qualified_names
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
     from mlflow.entities import Run
 
+    from branchflow.settings import UnitSettings
     from branchflow.tracking import Store
 
 LOCK_FILE = "dvc.lock"
@@ -57,6 +59,7 @@ class Champion:
     model: str
     version: str
     metrics: Mapping[str, float]
+    run_id: str | None = None  # its run, which holds the per-unit results it was scored with
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,17 @@ class Metric:
     value: float | None
     base: float | None
     change: float | None
+
+
+@dataclass(frozen=True)
+class UnitTables:
+    """The per-unit results (`[tool.branchflow.gate.units]`) of this branch, the base and the
+    champion; `missing` says why the base or the champion has none."""
+
+    branch: Units
+    base: Units | None
+    champion: Units | None
+    missing: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class Comparison:
     base_missing: str | None = None
     base_run: str | None = None
     base_experiment: str | None = None  # the experiment of `base_run`
+    units: UnitTables | None = None  # with `[tool.branchflow.gate.units]`
 
 
 @dataclass(frozen=True)
@@ -155,9 +170,11 @@ def compare(
     production_model: str | None,
     env: Mapping[str, str],
     targets: Sequence[str] | None = None,
+    units: UnitSettings | None = None,
 ) -> Comparison:
     """This branch's metrics (of the metrics files `targets`, else all) against the base's
-    (DVC's diff) and the `production_model` champion's (MLflow; None: no champion).
+    (DVC's diff) and the `production_model` champion's (MLflow; None: no champion), and with
+    `units`, the three sides' per-unit results.
 
     With a `production_model` (the scope `branchflow register` logs), base metrics files that
     DVC cannot read come from the base commit's registered run (`find_base_run`)."""
@@ -213,6 +230,7 @@ def compare(
         if production_model
         else (None, "this pipeline registers no model")
     )
+    tables = unit_tables(repo, units, base, champion) if units else None
     return Comparison(
         base=base,
         metrics=metrics,
@@ -223,7 +241,68 @@ def compare(
         base_missing=missing,
         base_run=run_id,
         base_experiment=experiment,
+        units=tables,
     )
+
+
+def unit_tables(
+    repo: Repo, units: UnitSettings, base: Base | None, champion: Champion | None
+) -> UnitTables:
+    """The per-unit results of the workspace, of the base commit (from git, or DVC's cache or
+    remote for a cached output) and of the champion's run."""
+    from dvc.fs import DVCFileSystem
+
+    path = units.file
+    local = Path(repo.root_dir, path)
+    if not local.is_file():
+        from branchflow.tracking import missing_output
+
+        raise BranchflowError(f"{missing_output(repo, path)} (the gate's units file)")
+    branch = _units(local.read_text(encoding="utf-8"), units.key, path)
+    missing: dict[str, str] = {}
+    base_units = champion_units = None
+    if base is not None:
+        try:
+            text = DVCFileSystem(repo=repo.root_dir, rev=base.commit).read_text(
+                path, encoding="utf-8"
+            )
+        except FileNotFoundError:
+            missing["base"] = f"{base.ref} has no {path}"
+        else:
+            base_units = _units(text, units.key, f"{path} at {base.ref}")
+    if champion is not None:
+        text = _run_file(champion.run_id, path)
+        if text is None:
+            missing["champion"] = f"champion v{champion.version}'s run has no {path}"
+        else:
+            champion_units = _units(text, units.key, f"{path} of champion v{champion.version}")
+    return UnitTables(branch, base_units, champion_units, missing)
+
+
+def _units(text: str, key: str, source: str) -> Units:
+    try:
+        return read_units(text, key, source)
+    except ValueError as exc:
+        raise BranchflowError(f"{exc}; fix the stage that writes it") from None
+
+
+def _run_file(run_id: str | None, path: str) -> str | None:
+    """The text of the artifact `path` of MLflow run `run_id`, or None when it has none."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=tmp
+            )
+            return Path(local).read_text(encoding="utf-8")
+        except (MlflowException, OSError):
+            return None
 
 
 def _lost(root: Path, base: Base, errors: Mapping[str, Exception] | None) -> list[str]:
@@ -496,7 +575,7 @@ def find_champion(
         if key.startswith(METRIC_TAG)
     }
     metrics = {key: value for key, value in tagged.items() if value is not None} | run_metrics
-    return Champion(model, str(version.version), metrics), None
+    return Champion(model, str(version.version), metrics, version.run_id), None
 
 
 def _rev_parse(root: Path, ref: str) -> str | None:

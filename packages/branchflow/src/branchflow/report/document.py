@@ -18,6 +18,7 @@ from typing import Any
 
 from branchflow.errors import BranchflowError
 from branchflow.files import write_atomic
+from branchflow.paired import Interval
 from branchflow.report.compare import (
     WORKSPACE,
     Base,
@@ -72,7 +73,7 @@ def write_report(
         with open_dvc(root) as repo:
             production = names_for(context, settings).production_model
             champion = production if judged.has_model else None
-            comparison = compare(repo, base, champion, env, judged.metrics_files)
+            comparison = compare(repo, base, champion, env, judged.metrics_files, judged.gate.units)
             params = changed_params(repo, base) if base else []
         plots, plot_errors = plotting.result()
     verdict = evaluate(judged.gate, comparison)
@@ -87,7 +88,7 @@ def write_report(
         "champion": {"version": comparison.champion.version} if comparison.champion else None,
         "champion_missing": _optional_text(comparison.champion_missing),
         "key_metric": clean_name(key.name) if key else None,
-        "metrics": _metrics(comparison, judged.gate),
+        "metrics": _metrics(comparison, judged.gate, verdict),
         "params": [_param(p) for p in params] if base else None,
         "plots": [_plot(plot, files) for plot in plots],
         "plot_errors": [clean_text(error) for error in plot_errors],
@@ -130,9 +131,11 @@ def _base(base: Base, data: str | None, comparison: Comparison) -> dict[str, Any
     }
 
 
-def _metrics(comparison: Comparison, gate: GateSettings) -> list[dict[str, Any]]:
-    """Every metric, the gated ones first in the order the gate names them."""
+def _metrics(comparison: Comparison, gate: GateSettings, verdict: Verdict) -> list[dict[str, Any]]:
+    """Every metric, the gated ones first in the order the gate names them, with the paired
+    intervals that judged its drop rules."""
     named = gate.metric_names()
+    base, champion_intervals = (verdict.intervals.get(s, {}) for s in ("base", "champion"))
     rank = {name: index for index, name in enumerate(named)}
     champion = comparison.champion.metrics if comparison.champion else {}
     return [
@@ -144,9 +147,23 @@ def _metrics(comparison: Comparison, gate: GateSettings) -> list[dict[str, Any]]
             "champion": champion.get(m.name),
             "higher_is_better": gate.higher_is_better(m.name),
             "gated": m.name in rank,
+            "vs_base": _interval(base.get(m.name), gate.higher_is_better(m.name)),
+            "vs_champion": _interval(champion_intervals.get(m.name), gate.higher_is_better(m.name)),
         }
         for m in sorted(comparison.metrics, key=lambda m: rank.get(m.name, len(named)))
     ]
+
+
+def _interval(interval: Interval | None, higher_is_better: bool) -> dict[str, Any] | None:
+    if interval is None:
+        return None
+    return {
+        "low": interval.low,
+        "high": interval.high,
+        "units": interval.units,
+        "confidence": interval.confidence,
+        "verdict": interval.verdict(higher_is_better),
+    }
 
 
 def _param(param: ParamChange) -> dict[str, Any]:

@@ -6,18 +6,32 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from branchflow.paired import (
+    Interval,
+    Units,
+    check_columns,
+    metric_value,
+    paired_interval,
+)
 from branchflow.report.compare import Comparison, Metric, compare, open_dvc, resolve_base
-from branchflow.report.render import EPSILON, fmt
-from branchflow.settings import GATE_SECTION, GateSettings, load_settings
+from branchflow.report.render import EPSILON, fmt, interval_text
+from branchflow.settings import (
+    GATE_SECTION,
+    UNITS_SECTION,
+    GateSettings,
+    UnitSettings,
+    load_settings,
+)
 from branchflow.workspace.context import resolve_context
 from branchflow.workspace.dag import read_dag
 from branchflow.workspace.naming import names_for
 from branchflow.workspace.pipelines import scope
 
-# Metrics are stored rounded, so a drop of exactly the tolerance may come out a hair above it.
+# A formula over the units may differ from the metrics file by the file's rounding, not more.
+AGREEMENT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,8 @@ class Verdict:
 
     checks: tuple[Check, ...]
     notes: tuple[str, ...]
+    # the paired intervals that judged drop rules: "base"/"champion" -> metric -> interval
+    intervals: Mapping[str, Mapping[str, Interval]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -71,7 +87,7 @@ def run_gate(
     base = resolve_base(root, base_ref, fetch=fetch, branch=branch) if base_ref else None
     with open_dvc(root) as repo:
         champion = production if judged.has_model else None
-        comparison = compare(repo, base, champion, env, judged.metrics_files)
+        comparison = compare(repo, base, champion, env, judged.metrics_files, judged.gate.units)
     return evaluate(judged.gate, comparison)
 
 
@@ -98,6 +114,9 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
             relation = "at most" if ok else "above"
             text = f"`{name}` is {fmt(current[name])}, {relation} the ceiling {fmt(ceiling)}"
             checks.append(Check(ok, text))
+    intervals: dict[str, dict[str, Interval]] = {}
+    if gate.units and comparison.units:
+        checks += _agreement(gate.units, comparison.units.branch, current)
     base, champion = comparison.base, comparison.champion
     if gate.max_drop_vs_base:
         if base is None:
@@ -109,7 +128,10 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
             notes.append(f"no base metrics in {base.ref}: first run, comparison rules skipped")
         else:
             found = {m.name: m.base for m in comparison.metrics if m.base is not None}
-            _drops(gate, gate.max_drop_vs_base, current, found, base.ref, checks, notes)
+            paired = _paired(comparison, "base")
+            rules = gate.max_drop_vs_base
+            judged = intervals.setdefault("base", {})
+            _drops(gate, rules, current, found, base.ref, checks, notes, paired, judged)
     if base is not None and comparison.base_run:
         run, experiment = comparison.base_run, comparison.base_experiment
         notes.append(f"{base.ref}'s metrics: MLflow run `{run}` in experiment `{experiment}`")
@@ -118,10 +140,50 @@ def evaluate(gate: GateSettings, comparison: Comparison) -> Verdict:
             notes.append(f"no champion: {comparison.champion_missing}; champion rules skipped")
         else:
             against = f"champion v{champion.version}"
-            _drops(
-                gate, gate.max_drop_vs_champion, current, champion.metrics, against, checks, notes
+            paired = _paired(comparison, "champion")
+            rules = gate.max_drop_vs_champion
+            judged = intervals.setdefault("champion", {})
+            _drops(gate, rules, current, champion.metrics, against, checks, notes, paired, judged)
+    return Verdict(tuple(checks), tuple(notes), intervals)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The per-unit results of the branch and of a side it is compared with (None: why not)."""
+
+    branch: Units
+    reference: Units | None
+    why_not: str | None
+
+
+def _paired(comparison: Comparison, side: str) -> Paired | None:
+    """The branch's and `side`'s per-unit results; None without `[tool.branchflow.gate.units]`."""
+    tables = comparison.units
+    if tables is None:
+        return None
+    reference = tables.base if side == "base" else tables.champion
+    return Paired(tables.branch, reference, tables.missing.get(side))
+
+
+def _agreement(units: UnitSettings, branch: Units, current: Mapping[str, float]) -> list[Check]:
+    """Failed checks where a formula reads a column the units lack, or does not give the
+    branch's metrics-file value from its units (within their rounding): the interval would
+    judge another number."""
+    checks = []
+    for name, formula in units.metrics.items():
+        try:
+            check_columns(branch, formula, name)
+        except ValueError as exc:
+            checks.append(Check(False, f"{exc}; fix the stage or {UNITS_SECTION}"))
+            continue
+        value, found = metric_value(branch, formula), current.get(name)
+        if value is not None and found is not None and abs(value - found) > AGREEMENT:
+            text = (
+                f"`{name}` is {fmt(found)}, but its formula over {units.file} gives "
+                f"{fmt(value)}; fix {UNITS_SECTION} metrics or the stage"
             )
-    return Verdict(tuple(checks), tuple(notes))
+            checks.append(Check(False, text))
+    return checks
 
 
 def _unusable(name: str, invalid: Mapping[str, str]) -> Check:
@@ -139,8 +201,12 @@ def _drops(
     against: str,
     checks: list[Check],
     notes: list[str],
+    paired: Paired | None,
+    intervals: dict[str, Interval],
 ) -> None:
-    """Check that no metric in `rules` got worse than in `reference` by more than allowed."""
+    """Check that no metric in `rules` got worse than in `reference` by more than allowed: by
+    the paired interval where both sides have per-unit results and a formula for it, else by
+    its fixed threshold."""
     for name, allowed in rules.items():
         if name not in current:
             continue  # already failed as missing
@@ -151,9 +217,14 @@ def _drops(
         if not math.isfinite(other):
             notes.append(f"`{name}` is {other} in {against}'s metrics: its rule skipped")
             continue
+        moved = f"{fmt(other)} → {fmt(value)}"
+        interval = _interval(gate, paired, name, against, notes)
+        if interval is not None:
+            intervals[name] = interval
+            checks.append(_judged(name, interval, gate.higher_is_better(name), moved, against))
+            continue
         worse = other - value if gate.higher_is_better(name) else value - other
         ok = worse <= allowed + EPSILON
-        moved = f"{fmt(other)} → {fmt(value)}"
         if ok:
             text = f"`{name}` vs {against}: {moved}, within the {fmt(allowed)} drop allowed"
         else:
@@ -162,6 +233,58 @@ def _drops(
                 f"at most {fmt(allowed)} allowed"
             )
         checks.append(Check(ok, text))
+
+
+def _interval(
+    gate: GateSettings, paired: Paired | None, name: str, against: str, notes: list[str]
+) -> Interval | None:
+    """The paired interval of `name`'s change vs `against`; None (with a note saying why,
+    where units are configured) when its fixed threshold must judge it."""
+    formula = gate.units.metrics.get(name) if gate.units else None
+    if paired is None or gate.units is None or formula is None:
+        return None
+    if paired.reference is None:
+        notes.append(f"`{name}` vs {against}: {paired.why_not}; judged by its fixed threshold")
+        return None
+    try:
+        check_columns(paired.reference, formula, name)
+    except ValueError as exc:
+        notes.append(f"`{name}` vs {against}: {exc}; judged by its fixed threshold")
+        return None
+    ours, theirs = paired.branch.rows.keys(), paired.reference.rows.keys()
+    if ours != theirs:  # another evaluation set: its metrics do not pair with these
+        notes.append(
+            f"`{name}` vs {against}: the units differ ({len(ours & theirs)} shared, "
+            f"{len(ours - theirs)} only here, {len(theirs - ours)} only there); "
+            "judged by its fixed threshold"
+        )
+        return None
+    interval = paired_interval(
+        paired.branch,
+        paired.reference,
+        formula,
+        resamples=gate.units.resamples,
+        confidence=gate.units.confidence,
+    )
+    if interval is None:
+        notes.append(
+            f"`{name}` vs {against}: fewer than 2 units, or a side's value is undefined; "
+            "judged by its fixed threshold"
+        )
+    return interval
+
+
+def _judged(
+    name: str, interval: Interval, higher_is_better: bool, moved: str, against: str
+) -> Check:
+    """A drop rule judged by the paired interval: it fails when the change is detectably worse."""
+    verdict = interval.verdict(higher_is_better)
+    text = (
+        f"`{name}` vs {against}: {moved}, {verdict} "
+        f"({interval_text(interval.low, interval.high, interval.confidence)} of the change "
+        f"over {interval.units} paired units)"
+    )
+    return Check(verdict != "worse", text)
 
 
 def key_metric(gate: GateSettings, comparison: Comparison) -> Metric | None:

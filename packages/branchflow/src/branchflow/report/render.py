@@ -32,8 +32,9 @@ from typing import Any, NoReturn
 
 from branchflow.errors import EXIT_OK, EXIT_TOOL, EXIT_VERDICT, BranchflowError
 from branchflow.files import write_atomic
+from branchflow.paired import CHANGE_VERDICTS
 
-SCHEMA = "branchflow-report/1"
+SCHEMA = "branchflow-report/2"
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_FIGURE_BYTES = 2 * 1024 * 1024
 MAX_FIGURES = 32
@@ -150,6 +151,19 @@ def _number(value: Any, where: str) -> float:
     return number
 
 
+def _unit_count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value < MAX_PR:
+        _fail(where, f"{_shown(value)} is not a count of units")
+    return value
+
+
+def _confidence(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not 0 < number < 1:
+        _fail(where, f"{_shown(value)} is not a confidence level between 0 and 1")
+    return number
+
+
 def _pr_number(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_PR:
         _fail(where, f"{_shown(value)} is not a pull request number")
@@ -184,6 +198,16 @@ def _record(fields: Mapping[str, Check]) -> Check:
 
     return record
 
+
+_INTERVAL = _record(
+    {
+        "low": _number,
+        "high": _number,
+        "units": _unit_count,
+        "confidence": _confidence,
+        "verdict": _one_of(*CHANGE_VERDICTS),
+    }
+)
 
 _DOCUMENT = _record(
     {
@@ -229,6 +253,8 @@ _DOCUMENT = _record(
                     "champion": _optional(_number),
                     "higher_is_better": _boolean,
                     "gated": _boolean,
+                    "vs_base": _optional(_INTERVAL),
+                    "vs_champion": _optional(_INTERVAL),
                 }
             )
         ),
@@ -444,6 +470,11 @@ def describe_change(change: float, higher_is_better: bool) -> str:
     return f"{change:+.4f} {'▲' if up else '▼'} {'better' if up == higher_is_better else 'worse'}"
 
 
+def interval_text(low: float, high: float, confidence: float) -> str:
+    """A confidence interval of a change, as the gate and the report word it."""
+    return f"{confidence:.0%} interval {low:+.4f} to {high:+.4f}"
+
+
 def _title(passed: bool, checks: int, gate_exit: int | None) -> str:
     if gate_exit not in (None, EXIT_OK, EXIT_VERDICT):
         return f"⚠️ Gate broke (exit {gate_exit}): no verdict, fix the build"
@@ -477,7 +508,7 @@ def _headline(metric: Mapping[str, Any], document: Mapping[str, Any]) -> str:
     if metric["change"] is None:
         reason = "new metric" if base["metrics_found"] else _no_base_metrics(base)
         return f"{fmt(value)} ({reason})"
-    change = describe_change(metric["change"], metric["higher_is_better"])
+    change = _change(metric["change"], metric["higher_is_better"], metric["vs_base"])
     return f"{fmt(value)} ({change} vs {_code(base['ref'])})"
 
 
@@ -525,6 +556,9 @@ def _metrics_section(document: Mapping[str, Any], metrics: list[Mapping[str, Any
     if not lead:  # nothing gated or changed: the table is all there is
         lead, rest = rest, []
     lines = ["### Metrics", "", *_table(headers, lead)]
+    note = _intervals_note(metrics)
+    if note:
+        lines += ["", note]
     if rest:
         # no names in HTML: GitHub links @mentions and owner/repo#1 there, even escaped
         unchanged = ", unchanged vs the base" if found else ""
@@ -553,7 +587,7 @@ def _metric_row(metric: Mapping[str, Any], document: Mapping[str, Any]) -> list[
     base = document["base"]
     if base:
         if metric["change"] is not None:
-            change = describe_change(metric["change"], higher)
+            change = _change(metric["change"], higher, metric["vs_base"])
         elif value is None:
             change = "removed"
         else:
@@ -562,8 +596,36 @@ def _metric_row(metric: Mapping[str, Any], document: Mapping[str, Any]) -> list[
     if document["champion"]:
         other = metric["champion"]
         both = value is not None and other is not None
-        row += [fmt(other), describe_change(value - other, higher) if both else "—"]
+        change = _change(value - other, higher, metric["vs_champion"]) if both else "—"
+        row += [fmt(other), change]
     return row
+
+
+def _change(change: float, higher_is_better: bool, interval: Mapping[str, Any] | None) -> str:
+    """The change; with a paired interval, the interval and its verdict instead of a direction
+    word that noise alone could have produced."""
+    if interval is None:
+        return describe_change(change, higher_is_better)
+    shown = interval_text(interval["low"], interval["high"], interval["confidence"])
+    verdict = interval["verdict"]
+    mark = {"better": " ▲", "worse": " ▼"}.get(verdict, "")
+    return f"{change:+.4f} ({shown}){mark} {'**worse**' if verdict == 'worse' else verdict}"
+
+
+def _intervals_note(metrics: list[Mapping[str, Any]]) -> str | None:
+    """What the intervals in the table mean, in words, when it shows any."""
+    shown = [m[side] for m in metrics for side in ("vs_base", "vs_champion") if m[side]]
+    if not shown:
+        return None
+    units = sorted({interval["units"] for interval in shown})
+    counted = " or ".join(str(n) for n in units)
+    return (
+        f"Intervals: the {shown[0]['confidence']:.0%} paired bootstrap interval of a change, "
+        f"over the {counted} held-out units both models were scored on. One that includes 0 is "
+        "a change this evaluation set cannot tell from noise (another choice of units could "
+        "reverse it); one that excludes 0 is a difference these units show, and the gate fails "
+        "a detectable change for the worse."
+    )
 
 
 def _params_section(params: list[Mapping[str, Any]], base: Mapping[str, Any]) -> str:
