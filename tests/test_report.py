@@ -150,14 +150,20 @@ def test_report_on_a_branch_that_changes_train_params(fewer_epochs: Path) -> Non
     # First screen: the verdict, the key metric and its change, then why.
     first = page.elements()[0]
     assert first.tag == "h2"
-    assert first.text() == (
-        f"❌ Gate failed · cnn.overall.f1 {f1:.4f} ({f1 - f1_base:+.4f} ▼ worse vs main)"
-    )
+    # The drop is judged by its paired interval over the 16 held-out videos: it excludes 0.
+    document = json.loads(out.with_suffix(".json").read_text())
+    judged = next(m for m in document["metrics"] if m["name"] == "cnn.overall.f1")["vs_base"]
+    assert judged["units"] == 16 and judged["verdict"] == "worse"
+    assert judged["low"] < f1 - f1_base < judged["high"] < 0
+    interval = f"95% interval {judged['low']:+.4f} to {judged['high']:+.4f}"
+    change = f"{f1 - f1_base:+.4f} ({interval}) ▼ worse"
+    assert first.text() == f"❌ Gate failed · cnn.overall.f1 {f1:.4f} ({change} vs main)"
     reasons = [li.text() for li in page.elements()[1].find_all("li")]
     assert (
-        f"❌ FAIL: cnn.overall.f1 got worse by {f1_base - f1:.4f} vs main "
-        f"({f1_base:.4f} → {f1:.4f}); at most 0.0100 allowed"
+        f"❌ FAIL: cnn.overall.f1 vs main: {f1_base:.4f} → {f1:.4f}, worse ({interval} of the "
+        "change over 16 paired units)"
     ) in reasons
+    assert "Intervals: the 95% paired bootstrap interval of a change" in out.read_text()
     assert any(reason.startswith("note: no champion: no MLflow registry") for reason in reasons)
 
     head = sh("git", "rev-parse", "HEAD", cwd=repo).stdout[:7]
@@ -179,12 +185,14 @@ def test_report_on_a_branch_that_changes_train_params(fewer_epochs: Path) -> Non
     assert found["metrics"][1][0] == "cnn.overall.f1"
     rows = {row[0]: row[1:] for row in found["metrics"][1:] + found["metrics (more)"][1:]}
     assert rows.keys() == new.keys() == old.keys()
+    intervals = {m["name"]: m["vs_base"] for m in document["metrics"] if m["vs_base"]}
+    assert intervals.keys() == {"cnn.overall.f1", "cnn.overall.recall"}  # the units' formulas
     for name, value in new.items():
-        assert rows[name] == [
-            f"{value:.4f}",
-            f"{old[name]:.4f}",
-            describe_change(value - old[name], True),
-        ]
+        change = describe_change(value - old[name], True)
+        if name in intervals:
+            shown = f"95% interval {intervals[name]['low']:+.4f} to {intervals[name]['high']:+.4f}"
+            change = f"{value - old[name]:+.4f} ({shown}) ▼ worse"
+        assert rows[name] == [f"{value:.4f}", f"{old[name]:.4f}", change]
     lead = {row[0] for row in found["metrics"][1:]}
     assert lead >= {name for name in new if new[name] != old[name]}
     assert "▼ worse" in rows["cnn.overall.f1"][2]
@@ -211,7 +219,10 @@ def test_gate_fails_the_worse_real_model_with_each_rule_on_a_line(
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("gate failed: ")
-    assert any(line.startswith("FAIL: `cnn.overall.f1` got worse by") for line in lines)
+    assert any(
+        line.startswith("FAIL: `cnn.overall.f1` vs main: ") and ", worse (95% interval -" in line
+        for line in lines
+    )
 
 
 @pytest.fixture(scope="module")

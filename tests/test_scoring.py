@@ -333,3 +333,19 @@ def test_the_committed_pin_names_the_committed_model() -> None:
     stored = ROOT / "data/remote/files/md5" / model[:2] / model[2:]
     sha = hashlib.sha256(stored.read_bytes()).hexdigest()
     assert pin == {"name": "badpixels_production", "version": "1", "sha256": sha}
+
+
+def test_the_champion_keeps_the_per_unit_results_the_gate_pairs_with(
+    scored: Path, copy_repo: Callable[[Path], Path], local_store: None
+) -> None:
+    """`register` logged reports/units.csv and `promote` copied it to production's run: the
+    gate judges the branch against the champion by the paired interval (no change: the same
+    model), not by the fixed threshold."""
+    from branchflow.report.gate import run_gate
+
+    verdict = run_gate(copy_repo(scored), None, env={})
+    champion = verdict.intervals["champion"]["cnn.overall.f1"]
+    assert (champion.change, champion.low, champion.high, champion.units) == (0.0, 0.0, 0.0, 16)
+    assert any(
+        "vs champion v1: " in c.text and "no detectable change" in c.text for c in verdict.checks
+    )

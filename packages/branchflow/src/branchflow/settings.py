@@ -465,7 +465,7 @@ def _unit_settings(path: Path, gate: str, table: object) -> UnitSettings:
     table = _table(path, section, table, UNITS_KEYS)
     for required in ("file", "key", "metrics"):
         if required not in table:
-            raise BranchflowError(f"{path}: {section} needs `{required}`; see docs/gate.md")
+            raise BranchflowError(f"{path}: {section} needs `{required}`; see docs/report.md")
     formulas = _table(path, f"{section} metrics", table["metrics"])
     metrics: dict[str, Formula] = {}
     for name, text in formulas.items():

@@ -74,7 +74,9 @@ def test_the_interval_of_a_mean_difference_matches_the_normal_closed_form() -> N
     mean = sum(d) / n
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / n)
     half = 1.959964 * sd / math.sqrt(n)
-    interval = paired_interval(units("x", a), units("x", b), MEAN, resamples=10_000, confidence=0.95)
+    interval = paired_interval(
+        units("x", a), units("x", b), MEAN, resamples=10_000, confidence=0.95
+    )
     assert interval is not None
     assert interval.change == pytest.approx(mean)
     assert interval.low == pytest.approx(mean - half, abs=0.1 * half)

@@ -175,9 +175,7 @@ def _copy(
         run = _production_run(client, store, production, source_uri)
         client.log_artifacts(run.info.run_id, str(local), MODEL_ARTIFACT)
         if source.run_id:  # its plots, dvc.lock and per-unit results: the gate's champion side
-            logged = Path(tmp, "run")
-            mlflow.artifacts.download_artifacts(run_id=source.run_id, dst_path=str(logged))
-            client.log_artifacts(run.info.run_id, str(logged))
+            _copy_run_files(client, source.run_id, run.info.run_id)
         metrics = client.get_run(source.run_id).data.metrics if source.run_id else {}
         now = int(time.time() * 1000)
         copied = [Metric(key, value, now, 0) for key, value in metrics.items()]
@@ -189,6 +187,23 @@ def _copy(
         tags |= {MODEL_SHA_TAG: served} if served else {}
     artifacts = f"{run.info.artifact_uri}/{MODEL_ARTIFACT}"
     return client.create_model_version(production, artifacts, run.info.run_id, tags=tags)
+
+
+def _copy_run_files(client: MlflowClient, source: str, target: str) -> None:
+    """Log the artifacts of run `source` to run `target`, but for a `MODEL_ARTIFACT` folder."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        for index, entry in enumerate(client.list_artifacts(source)):
+            if entry.path == MODEL_ARTIFACT:
+                continue
+            local = mlflow.artifacts.download_artifacts(
+                run_id=source, artifact_path=entry.path, dst_path=f"{folder}/{index}"
+            )
+            if entry.is_dir:
+                client.log_artifacts(target, local, entry.path)
+            else:
+                client.log_artifact(target, local)
 
 
 def _production_run(client: MlflowClient, store: Store, production: str, source_uri: str) -> Run:
