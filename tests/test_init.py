@@ -756,31 +756,79 @@ def test_the_main_build_pushes_what_the_next_pull_request_compares_with(
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-q", "-m", "CI from branchflow init, an Azure Blob remote", cwd=repo)
     github = repo / ".github"
+    assert_lints_clean(github, sorted((github / "workflows").glob("*.yml")))  # shellcheck too
     job = load(github / "workflows/main.yml")["jobs"]["training"]
     runs = [step["run"] for step in job["steps"] if "run" in step]
     pushed = ["dvc repro", "dvc push --run-cache", "branchflow register"]
     assert runs == [f"dvc pull {DATA}.dvc", *pushed]
     blob = {"AZURE_STORAGE_CONNECTION_STRING": connection_string(azurite)}
+
+    # Before any main build, the remote holds only the data its owners pushed: a PR build
+    # finds no outputs to restore, says so, and reproduces from the data.
+    pushed_data = ["dvc", "push", "-q", f"{DATA}.dvc"]
+    subprocess.run(pushed_data, cwd=repo, env={**os.environ, **blob}, check=True)
+    # (The base's metrics come out of this rebuild: the same bytes as main's dvc.lock records.)
+    first_pr = passed(pull_request_build(repo, tmp_path / "first", blob, loosen))
+    assert "::warning title=DVC::the remote lacks outputs" in first_pr[0].stdout
+    assert "Running stage 'train'" in first_pr[0].stdout, first_pr[0].stdout
+
     env = {**os.environ, **blob, "GITHUB_ACTIONS": "true", "GITHUB_REF_NAME": "main"}
     contexts = {"secrets": {}}
     first, last = "Pull the data", "Register the model"
     results = run_job("main.yml", "training", first, last, repo, env, contexts, github)
     assert results[-1].returncode == 0, results[-1].stderr
 
-    clone = tmp_path / "clone"
-    sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
-    sh("git", "checkout", "-q", "-b", "feature", cwd=clone)
-    params = clone / "params.yaml"
-    params.write_text(params.read_text().replace("C: 1.0", "C: 2.0"))
-    pr = {**os.environ, **blob}
-    for command in (["dvc", "pull", "-q", f"{DATA}.dvc"], ["dvc", "repro", "-q"]):
-        done = subprocess.run(command, cwd=clone, env=pr, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-    gate = subprocess.run(
-        ["branchflow", "gate", "--base", "main"], cwd=clone, env=pr, capture_output=True, text=True
+    # The PR builds of a fresh clone, steps as pr-training.yml has them: a PR that changes no
+    # stage downloads no data (only the results register, report and gate read), one that
+    # changes a training param retrains; each gate compares with main's pushed metrics.
+    untouched = passed(pull_request_build(repo, tmp_path / "config", blob, loosen))
+    assert "Running stage" not in untouched[0].stdout
+    assert not (tmp_path / "config" / "repo" / DATA).exists()  # not downloaded
+
+    def retrain(clone: Path) -> None:
+        params = clone / "params.yaml"
+        params.write_text(params.read_text().replace("C: 1.0", "C: 2.0"))
+
+    retrained = passed(pull_request_build(repo, tmp_path / "param", blob, retrain))
+    assert "Running stage 'train'" in retrained[0].stdout
+    assert (tmp_path / "param" / "repo" / DATA).is_file()  # pulled: train reads it
+
+
+def pull_request_build(
+    origin: Path, folder: Path, env: dict[str, str], change: Callable[[Path], None]
+) -> list[subprocess.CompletedProcess[str]]:
+    """pr-training.yml's steps from the repro to the gate, on a fresh clone of `origin` (an
+    empty DVC cache) with `change` as the PR."""
+    folder.mkdir()
+    clone = folder / "repo"
+    sh("git", "clone", "-q", str(origin), str(clone), cwd=folder)
+    (clone / ".dvc" / "cache").mkdir()
+    pull_request = checkout_pull_request(clone, folder, change, "pr-training")
+    steps = run_job(
+        "pr-training.yml",
+        "pipeline",
+        "Reproduce what changed",
+        "Gate",
+        clone,
+        {**pull_request["env"], **env},
+        pull_request["contexts"],
+        clone / ".github",
     )
+    return steps
+
+
+def passed(steps: list[subprocess.CompletedProcess[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """`steps`, once their gate is known to pass against main's metrics."""
+    gate = steps[-1]
     assert gate.returncode == 0, gate.stdout + gate.stderr
     assert "ok: `accuracy` vs main" in gate.stdout and "cannot be checked" not in gate.stdout
+    return steps
+
+
+def loosen(clone: Path) -> None:
+    """A PR that changes the gate's tolerance: no stage reads pyproject.toml."""
+    pyproject = clone / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("accuracy = 0.5", "accuracy = 0.6"))
 
 
 def test_dvc_subrepos_are_refused_in_one_line_naming_them(tmp_path: Path) -> None:

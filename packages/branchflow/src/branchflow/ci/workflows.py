@@ -34,6 +34,7 @@ from branchflow.workspace.pipelines import (
     find_pipelines,
     metrics_files,
     model_pipeline,
+    own_steps,
     watched_paths,
 )
 
@@ -77,6 +78,8 @@ class PipelineBuild:
     dev_remote: str | None
     dev_pull: tuple[str, ...]
     dev_params: tuple[str, ...]
+    # What `register`, `report` and `gate` read after the repro: its results and model files
+    results: tuple[str, ...] = ()
 
     @property
     def root(self) -> bool:
@@ -89,6 +92,17 @@ class PipelineBuild:
     @property
     def repro(self) -> str:
         return shlex.join(["dvc", "repro", *self._target])
+
+    @property
+    def pr_repro(self) -> str:
+        """The PR build's repro, where main.yml pushes to a shared remote: the stages that must
+        run pull what they read (the run-cache too, restoring a state the remote has seen);
+        unchanged stages are skipped without a download."""
+        return shlex.join(["dvc", "repro", "--pull", "--allow-missing", *self._target])
+
+    @property
+    def results_pull(self) -> str:
+        return shlex.join(["dvc", "pull", *self.results])
 
     @property
     def pull_command(self) -> str:
@@ -210,7 +224,8 @@ def _build(
     paths = {*watched_paths(root, dag, pipeline, model), workflow, f"{SETUP_FOLDER}/**"}
     paths |= set(settings.ci.requirements)
     imports = _dvcfiles(source for source in sources if source.imported)
-    _check_one_line((pipeline.dvcfile, *pull, *imports, *paths))
+    results = _results(settings, dag, pipeline, has_model)
+    _check_one_line((pipeline.dvcfile, *pull, *imports, *paths, *results))
     return PipelineBuild(
         name=pipeline.name,
         dvcfile=pipeline.dvcfile,
@@ -222,7 +237,22 @@ def _build(
         dev_remote=own.dev_remote if own else None,
         dev_pull=own.dev_pull if own else (),
         dev_params=own.dev_params if own else (),
+        results=results,
     )
+
+
+def _results(settings: Settings, dag: Dag, pipeline: Pipeline, has_model: bool) -> tuple[str, ...]:
+    """The outputs a PR build's later steps read, where their stage did not run: the pipeline's
+    results (metrics, plots, outputs no stage reads, the gate's units file) and, for the
+    model's pipeline, the model's artifacts that are DVC outputs."""
+    returned = [o.path for step in own_steps(dag, pipeline) for o in step.outputs if o.returned]
+    model = (
+        [*settings.model.artifacts.values(), *dag.model_artifacts]
+        if has_model and settings.model
+        else []
+    )
+    model = [path for path in model if path in dag.out_paths]
+    return tuple(sorted({*returned, *model}))
 
 
 def _check_one_line(paths: Iterable[str]) -> None:
