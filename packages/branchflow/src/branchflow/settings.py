@@ -337,6 +337,24 @@ COMPUTE_TIERS = ("dedicated", "low_priority")
 CLOUD_LOGINS = ("", "aws", "azure", "gcp")  # `ci.cloud_login`: "" logs in nowhere
 
 
+PRODUCTION_SECTION = "[tool.branchflow.production]"
+
+
+@dataclass(frozen=True)
+class ProductionSettings:
+    """`[tool.branchflow.production]`: with `declared` (a pin file, relative to the root),
+    production is declared in git: `promote --declare` prepares a pull request, `reconcile`
+    makes the registry match the merged file, and direct `promote` and `rollback` are refused.
+    `restore`: the scheduled reconcile moves an alias moved outside git back, instead of only
+    failing on it."""
+
+    declared: str | None = None
+    restore: bool = False
+
+
+PRODUCTION_KEYS = tuple(f.name for f in fields(ProductionSettings))
+
+
 @dataclass(frozen=True)
 class Settings:
     """The `[tool.branchflow]` settings, with defaults filled in."""
@@ -353,11 +371,12 @@ class Settings:
     pipelines: Mapping[str, str] = field(default_factory=dict)  # dvc.yaml path -> its name
     gates: Mapping[str, GateSettings] = field(default_factory=dict)  # pipeline name -> its gate
     ci: CISettings = field(default_factory=CISettings)
+    production: ProductionSettings = field(default_factory=ProductionSettings)
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(Settings))
 # the keys that are sub-tables
-TABLES = ("gate", "model", "azureml", "drift", "pipelines", "gates", "ci")
+TABLES = ("gate", "model", "azureml", "drift", "pipelines", "gates", "ci", "production")
 
 
 def load_settings(root: Path) -> Settings:
@@ -388,9 +407,23 @@ def parse_settings(path: Path, root: Path, document: dict[str, Any]) -> Settings
             for name, gate in _table(path, GATES_SECTION, table.get("gates", {})).items()
         },
         ci=_ci_settings(path, table.get("ci", {})),
+        production=_production_settings(path, table.get("production", {})),
     )
     _check_pattern(path, settings.name_pattern)
     return settings
+
+
+def _production_settings(path: Path, table: object) -> ProductionSettings:
+    table = _table(path, PRODUCTION_SECTION, table, PRODUCTION_KEYS)
+    declared = table.get("declared")
+    if declared is not None:
+        declared = _relative_paths(path, "production.declared", [declared])[0]
+        problem = not_one_line(declared)
+        if problem:
+            raise BranchflowError(f"{path}: [tool.branchflow] production.declared {problem}")
+    return ProductionSettings(
+        declared=declared, restore=_flag(path, "production.restore", table.get("restore", False))
+    )
 
 
 def _pipeline_names(path: Path, table: object) -> dict[str, str]:

@@ -16,6 +16,7 @@ from branchflow.cli.registry import (
     pin_command,
     promote_command,
     prune_command,
+    reconcile_command,
     register_command,
     rollback_command,
 )
@@ -106,6 +107,7 @@ for command in (
     register_command,
     promote_command,
     rollback_command,
+    reconcile_command,
     history_command,
     pin_command,
     prune_command,

@@ -46,15 +46,74 @@ def register_command(output_format: str) -> None:
 @click.command("promote")
 @click.argument("model_uri")
 @_REASON
-def promote_command(model_uri: str, reason: str) -> None:
+@click.option(
+    "--declare",
+    is_flag=True,
+    help="Production is declared in git: copy the version and write the declaration file, "
+    "for a pull request; nothing moves until it is merged and reconciled.",
+)
+@click.option(
+    "--body",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --declare: write the pull request's body (markdown) here.",
+)
+def promote_command(model_uri: str, reason: str, declare: bool, body: Path | None) -> None:
     """Make MODEL_URI the production champion.
 
     MODEL_URI is models:/<name>@<alias> or models:/<name>/<version>. The version is copied
-    into the production model and the alias `champion` moves to the copy.
+    into the production model and the alias `champion` moves to the copy (with --declare, the
+    file [tool.branchflow.production] declared names the copy instead).
     """
+    if declare:
+        from branchflow.files import write_atomic
+        from branchflow.registry.declared import declare as declare_version
+
+        declared = declare_version(here(), model_uri)
+        if body is not None:
+            write_atomic(body, declared.body)
+        pin = declared.pin
+        click.echo(
+            f"{declared.path}: declares models:/{pin.name}/{pin.version} (copy of "
+            f"{declared.source}); merge it to make it champion"
+        )
+        return
     from branchflow.registry.champion import promote
 
     click.echo(describe(promote(here(), model_uri, reason)))
+
+
+@click.command("reconcile")
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="Move `champion` to the declared version (production's credentials); without it, "
+    "only compare (exit 1 on drift).",
+)
+@click.pass_context
+def reconcile_command(ctx: click.Context, restore: bool) -> None:
+    """Make the registry match production as declared in git ([tool.branchflow.production]).
+
+    Exit 0 when `champion` is the declared version (or was moved there), 1 when it is not.
+    """
+    from branchflow.errors import EXIT_OK, EXIT_VERDICT
+    from branchflow.registry.declared import reconcile
+
+    result = reconcile(here(), restore=restore)
+    pin, path = result.declared, result.path
+    alias = f"{pin.name}@champion"
+    if result.move is not None:
+        click.echo(
+            f"restored: {alias} {result.found or 'none'} -> {pin.version}, as {path} declares "
+            f"at {result.move.commit[:7]}"
+        )
+    elif result.in_sync:
+        click.echo(f"in sync: {alias} is {pin.version}, as {path} declares")
+    else:
+        click.echo(
+            f"drift: {alias} is {result.found or 'unset'}, but {path} declares {pin.version}; "
+            "`branchflow reconcile --restore` moves it back"
+        )
+    ctx.exit(EXIT_OK if result.in_sync else EXIT_VERDICT)
 
 
 @click.command("rollback")
@@ -69,17 +128,28 @@ def rollback_command(reason: str) -> None:
 @click.command("history")
 @_FORMAT
 def history_command(output_format: str) -> None:
-    """List every move of the production model's `champion` alias, oldest first."""
+    """List every move of the production model's `champion` alias, oldest first, and, where
+    production is declared in git, the declaration file's git log."""
     import dataclasses
     import json
 
     from branchflow.registry.champion import history
+    from branchflow.registry.declared import declaration_log
+    from branchflow.settings import load_settings
 
     moves = history(here())
+    declared = load_settings(here()).production.declared
+    log = declaration_log(here(), declared) if declared else []
     if output_format == "json":
-        click.echo(json.dumps([dataclasses.asdict(move) for move in moves], indent=2))
-    else:
-        click.echo("\n".join(history_lines(moves)) or "no champion moves recorded")
+        records = [dataclasses.asdict(move) for move in moves]
+        click.echo(
+            json.dumps(records if not declared else {"moves": records, "git": log}, indent=2)
+        )
+        return
+    click.echo("\n".join(history_lines(moves)) or "no champion moves recorded")
+    if declared:
+        click.echo(f"\n{declared} in git, oldest first:")
+        click.echo("\n".join(f"  {line}" for line in log) or "  no commits yet")
 
 
 @click.command("pin")
@@ -123,7 +193,7 @@ def describe(result: Registration | Move) -> str:
         )
     if result.from_version == result.to_version:
         return f"{result.model}@{result.alias} is already version {result.to_version}; no change"
-    via = f"copy of {result.source}" if result.action == "promote" else "rollback"
+    via = f"copy of {result.source}" if result.action == "promote" else result.action
     return (
         f"{result.model}@{result.alias}: version {result.from_version or 'none'} -> "
         f"{result.to_version} ({via})"

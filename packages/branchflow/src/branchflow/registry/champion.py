@@ -88,7 +88,7 @@ MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<ver
 class Move:
     """One move of the champion alias; `from_version == to_version` means nothing moved."""
 
-    action: str  # "promote" or "rollback"
+    action: str  # "promote", "rollback" or "reconcile" (to the version declared in git)
     model: str
     alias: str
     from_version: str | None
@@ -130,20 +130,25 @@ def promote(
             "or models:/<name>/<version>"
         )
     settings, context, store, client = open_registry(root, env)
+    if settings.production.declared:
+        raise BranchflowError(
+            f"production is declared in {settings.production.declared}: run `branchflow promote "
+            f"--declare {model_uri}` and merge the pull request that changes it"
+        )
     production = names_for(context, settings).production_model
-    with mlflow_errors(store, _denied(production)):
-        source = _version(client, match["name"], match["alias"], match["version"], model_uri)
+    with mlflow_errors(store, denied(production)):
+        source = named_version(client, match["name"], match["alias"], match["version"], model_uri)
         source_uri = f"models:/{source.name}/{source.version}"
-        with _moving(client, production) as (state, write):
+        with moving(client, production) as (state, write):
             champion = _champion_version(client, production, state)
             held = (copied_from(champion), version_uri(champion)) if champion else ()
             if champion is not None and source_uri in held:
-                return _move(
+                return new_move(
                     "promote", production, champion, champion.version, source_uri, context, env
                 )
             copy = source.name != production
-            target = _copy(client, store, source, production) if copy else source
-            move = _move(
+            target = copy_to_production(client, store, source, production) if copy else source
+            move = new_move(
                 "promote", production, champion, target.version, source_uri, context, env, reason
             )
             write(move)
@@ -156,7 +161,7 @@ def copied_from(version: ModelVersion) -> str:
     return version.tags.get(SOURCE_TAG) or version.source or ""
 
 
-def _copy(
+def copy_to_production(
     client: MlflowClient, store: Store, source: ModelVersion, production: str
 ) -> ModelVersion:
     """The version of `production` that copies `source`: the one an earlier promote (or one that
@@ -228,8 +233,13 @@ def _production_run(client: MlflowClient, store: Store, production: str, source_
 def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) -> Move:
     """Move `champion` back to the version that held it before the latest promotion."""
     settings, context, store, client = open_registry(root, env)
+    if settings.production.declared:
+        raise BranchflowError(
+            f"production is declared in {settings.production.declared}: revert the commit that "
+            f"last changed {settings.production.declared} and merge the revert"
+        )
     production = names_for(context, settings).production_model
-    with mlflow_errors(store, _denied(production)), _moving(client, production) as (state, write):
+    with mlflow_errors(store, denied(production)), moving(client, production) as (state, write):
         target = _rollback_target([move for _, move in state.moves])
         if target is None:
             raise BranchflowError(
@@ -237,7 +247,7 @@ def rollback(root: Path, reason: str = "", env: Mapping[str, str] = os.environ) 
             )
         champion = _champion_version(client, production, state)
         client.get_model_version(production, target)  # fails clearly if it was deleted
-        move = _move("rollback", production, champion, target, None, context, env, reason)
+        move = new_move("rollback", production, champion, target, None, context, env, reason)
         write(move)
     return move
 
@@ -250,7 +260,7 @@ def history(root: Path, env: Mapping[str, str] = os.environ) -> list[Move]:
     return [move for _, move in state.moves]
 
 
-def _version(
+def named_version(
     client: MlflowClient, name: str, alias: str | None, version: str | None, uri: str
 ) -> ModelVersion:
     """The version a `models:/` URI names, or an error that says it does not exist."""
@@ -271,7 +281,7 @@ def _champion_version(client: MlflowClient, production: str, state: _State) -> M
     return client.get_model_version(production, state.alias) if state.alias else None
 
 
-def _move(
+def new_move(
     action: str,
     production: str,
     champion: ModelVersion | None,
@@ -299,7 +309,7 @@ def _move(
     )
 
 
-def _denied(production: str) -> str:
+def denied(production: str) -> str:
     return (
         f"moving {production}@{CHAMPION} needs the production environment's credentials "
         f"(permission to edit {production}); PR builds may only register and read"
@@ -307,15 +317,16 @@ def _denied(production: str) -> str:
 
 
 @contextmanager
-def _moving(
-    client: MlflowClient, production: str
+def moving(
+    client: MlflowClient, production: str, repair: bool = False
 ) -> Iterator[tuple[_State, Callable[[Move], None]]]:
     """Lock `production` for one champion move; yield its state, checked unchanged since this
-    command began, and the function that records and makes a move."""
-    _require_edit(client, production)
+    command began, and the function that records and makes a move. With `repair` (reconcile),
+    the state is the one found under the lock, wherever the alias was moved from."""
+    require_edit(client, production)
     seen = _state(client, production)
     with _lock(client, production) as confirm:
-        state = _checked(client, production, seen)
+        state = _checked(client, production, seen, repair)
 
         def write(move: Move) -> None:
             confirm()
@@ -327,7 +338,7 @@ def _moving(
         yield state, write
 
 
-def _require_edit(client: MlflowClient, production: str) -> None:
+def require_edit(client: MlflowClient, production: str) -> None:
     """Create `production` if it is missing, else make a no-op edit of it: a token that may not
     edit it (a PR build's) stops here, before it creates or locks anything."""
     registered = registered_model(client, production)
@@ -337,14 +348,16 @@ def _require_edit(client: MlflowClient, production: str) -> None:
         client.update_registered_model(production, registered.description or "")
 
 
-def _checked(client: MlflowClient, production: str, seen: _State) -> _State:
-    """The state under the lock, its pending record confirmed or deleted; an error when the
-    champion was moved outside branchflow or since `seen`."""
+def _checked(client: MlflowClient, production: str, seen: _State, repair: bool) -> _State:
+    """The state under the lock, its pending record confirmed or deleted; unless `repair`, an
+    error when the champion was moved outside branchflow or since `seen`."""
     state = _state(client, production)
     if state.pending and state.alias == state.pending[1].to_version:
         _record(client, *state.pending)
     elif state.pending:
         client.delete_registered_model_tag(production, state.pending[0])
+    if repair:
+        return _state(client, production)
     last = state.moves[-1][1] if state.moves else None
     if last is not None and state.alias != last.to_version:
         raise BranchflowError(

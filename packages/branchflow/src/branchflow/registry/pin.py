@@ -53,8 +53,8 @@ def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin
                 f"{production} has no @{CHAMPION} to pin; promote a version first "
                 "(branchflow promote models:/<model>@candidate)"
             )
-        found = Pin(production, str(champion.version), _checked_sha256(champion))
-    return found, _write(out, found)
+        found = Pin(production, str(champion.version), checked_sha256(champion))
+    return found, write_pin(out, found)
 
 
 def tagged_sha256(version: ModelVersion) -> str | None:
@@ -63,7 +63,7 @@ def tagged_sha256(version: ModelVersion) -> str | None:
     return version.tags.get(MODEL_SHA_TAG) or None
 
 
-def _checked_sha256(version: ModelVersion) -> str:
+def checked_sha256(version: ModelVersion) -> str:
     """The sha256 of `version`'s artifacts, after its files are checked against the digest
     `promote` recorded (a version without one is taken as it is)."""
     promoted = version.tags.get(FILES_SHA_TAG)
@@ -89,7 +89,7 @@ def _checked_sha256(version: ModelVersion) -> str:
     return sha
 
 
-def _write(out: Path, found: Pin) -> bool:
+def write_pin(out: Path, found: Pin) -> bool:
     """Write `found` to `out` atomically unless it already holds it; True when written."""
     text = json.dumps(asdict(found), indent=2) + "\n"
     try:
