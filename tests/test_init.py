@@ -367,6 +367,58 @@ def test_every_job_that_moves_dvc_data_logs_in_to_the_remotes_cloud_by_oidc(
     assert "ci.cloud_login must be one of '', 'aws', 'azure', 'gcp', got 'ibm'" in result.stderr
 
 
+@pytest.mark.parametrize(("project", "restore"), [("shapes", False), ("example", True)])
+def test_with_production_declared_promotion_is_a_pull_request_and_merges_reconcile(
+    request: pytest.FixtureRequest, project: str, restore: bool
+) -> None:
+    """`[tool.branchflow.production] declared`: promote.yml (and retrain.yml) declare the
+    version and open a pull request instead of moving the alias; reconcile.yml applies the
+    file on each change of it on main and checks for drift hourly; the linters stay clean."""
+    if project == "shapes":
+        repo = request.getfixturevalue("initialised")
+    else:
+        repo = request.getfixturevalue("copy_repo")(request.getfixturevalue("project_repo"))
+    with (repo / "pyproject.toml").open("a") as pyproject:
+        pyproject.write(
+            f'\n[tool.branchflow.production]\ndeclared = "models/production.json"\n'
+            f"restore = {str(restore).lower()}\n"
+        )
+    assert init(repo).returncode == 0
+    found = workflows(repo)
+    reconcile = found["reconcile.yml"]
+    assert reconcile["on"]["push"] == {"branches": ["main"], "paths": ["models/production.json"]}
+    job = reconcile["jobs"]["reconcile"]
+    assert job["environment"] == "production" and job["permissions"] == {"contents": "read"}
+    runs = {
+        step.get("name"): (step.get("if"), step["run"]) for step in job["steps"] if "run" in step
+    }
+    if restore:
+        assert runs["Reconcile"] == (None, "branchflow reconcile --restore")
+    else:
+        assert runs["Reconcile"] == (
+            "github.event_name != 'schedule'",
+            "branchflow reconcile --restore",
+        )
+        assert runs["Check for drift"] == (
+            "github.event_name == 'schedule'",
+            "branchflow reconcile",
+        )
+    assert ("retrain.yml" in found) == (project == "example")
+    for name, job_name in [("promote.yml", "declare"), ("retrain.yml", "promote")]:
+        if name not in found:
+            continue
+        steps = found[name]["jobs"][job_name]["steps"]
+        commands = " ".join(step.get("run", "") for step in steps)
+        assert "branchflow promote --declare " in commands and "gh pr create" in commands
+        assert 'branchflow promote "' not in commands and "rollback" not in commands
+        assert found[name]["jobs"][job_name]["permissions"] == {
+            "contents": "write",
+            "pull-requests": "write",
+        }
+    github = repo / ".github"
+    assert_lints_clean(github, sorted((github / "workflows").glob("*.yml")))
+
+
 def assert_lints_clean(
     github: Path, workflows: list[Path], personas: tuple[tuple[str, ...], ...] = AUDITOR
 ) -> None:

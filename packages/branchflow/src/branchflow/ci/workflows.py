@@ -184,6 +184,8 @@ def generated_files(root: Path, settings: Settings) -> dict[str, str]:
         files[_workflow_file("pr-comment")] = "pr-comment.yml"
     if context["m"] and (settings.ci.retrain.statistics or context["m"].imports):
         files[_workflow_file("retrain")] = "retrain.yml"
+    if settings.production.declared:
+        files[_workflow_file("reconcile")] = "reconcile.yml"
     rendered = {path: _render(template, context) for path, template in files.items()}
     for build in builds:
         rendered[_workflow_file(build.workflow_name)] = _render(
@@ -298,6 +300,7 @@ def _context(root: Path, settings: Settings, builds: list[PipelineBuild]) -> dic
         "dev_branch": settings.dev_branch,
         "main_branch": settings.main_branch,
         "retrain": ci.retrain,
+        "production": settings.production,
         "pythonpath": _pythonpath(settings),
         "gpu_secrets": GPU_CLOUD_SECRETS[ci.gpu_runner.cloud],
         "gpu_launch": _gpu_launch(ci.gpu_runner),
