@@ -31,6 +31,8 @@ _API = {  # name -> the module that defines it
     "promote": "branchflow.registry.champion",
     "rollback": "branchflow.registry.champion",
     "history": "branchflow.registry.champion",
+    "declare": "branchflow.registry.declared",
+    "reconcile": "branchflow.registry.declared",
     "PrunePlan": "branchflow.registry.prune",
     "prune": "branchflow.registry.prune",
     "pin": "branchflow.registry.pin",
@@ -54,12 +56,14 @@ __all__ = [
     "check_drift",
     "check_imports",
     "compare",
+    "declare",
     "history",
     "load_settings",
     "names_for",
     "pin",
     "promote",
     "prune",
+    "reconcile",
     "register",
     "resolve_base",
     "resolve_context",
@@ -72,6 +76,7 @@ if TYPE_CHECKING:
     from branchflow.drift import check_drift
     from branchflow.errors import BranchflowError
     from branchflow.registry.champion import Move, history, promote, rollback
+    from branchflow.registry.declared import declare, reconcile
     from branchflow.registry.pin import pin
     from branchflow.registry.prune import PrunePlan, prune
     from branchflow.registry.register import Registration, register
