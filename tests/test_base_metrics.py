@@ -221,3 +221,36 @@ def test_a_gate_for_another_pipeline_is_checked(tmp_path: Path, gates: str, mess
     repo = make_pipelines_repo(tmp_path / "repo", folders, gates)
     with pytest.raises(BranchflowError, match=re.escape(message)):
         run_gate(repo, "main", env={}, pipeline="score")
+
+
+def test_with_dvcs_output_the_stage_table_says_which_stages_ran_and_which_were_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`report --repro-log`: a changed stage DVC ran is `rerun`, one it restored from its
+    run-cache `restored`, and one this build ran neither way (its lock entry committed as it
+    is) `not run`, each from what a real `dvc repro` printed."""
+    repo = make_pipelines_repo(tmp_path / "repo", {"pipelines/train": {"f1": 0.9}})
+    sh("git", "checkout", "-q", "-b", "feature", cwd=repo)
+    monkeypatch.chdir(repo)
+    log = tmp_path / "repro.log"
+
+    def repro(f1: float) -> list[dict]:
+        params = repo / "pipelines/train/params.yaml"
+        params.write_text(yaml.safe_dump({"train": {"f1": f1}}))
+        done = sh("dvc", "repro", "pipelines/train/dvc.yaml", cwd=repo)
+        log.write_text(done.stdout + done.stderr)
+        args = ["report", "--base", "main", "--out", "report.md", "--repro-log", str(log)]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return json.loads((repo / "report.json").read_text())["stages"]
+
+    stage = "pipelines/train/dvc.yaml:train"
+    why = ["param `train.f1` 0.9 → 0.95"]
+    assert repro(0.95) == [{"stage": stage, "status": "rerun", "reasons": why}]
+    repro(0.97)
+    assert repro(0.95) == [{"stage": stage, "status": "restored", "reasons": why}]
+    assert repro(0.95) == [{"stage": stage, "status": "not run", "reasons": why}]
+    assert (
+        "| `pipelines/train/dvc.yaml:train` | **not run here** |"
+        in (repo / "report.md").read_text()
+    )

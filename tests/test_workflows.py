@@ -530,7 +530,14 @@ def test_pr_job_commands_run_as_on_github(pull_request: dict[str, Any], tmp_path
     assert pull_request["base"][:7] in report  # compared with the PR's base commit
     runner = Path(pull_request["env"]["RUNNER_TEMP"])
     assert (runner / "summary").read_text(encoding="utf-8") == report  # the job summary
-    assert json.loads((repo / "report.json").read_text())["pr"] == PR_NUMBER
+    document = json.loads((repo / "report.json").read_text())
+    assert document["pr"] == PR_NUMBER
+    # The stage table as this build made it (from repro.log): evaluate ran, the rest unchanged.
+    statuses = {stage["stage"]: stage["status"] for stage in document["stages"]}
+    assert statuses == {
+        **dict.fromkeys(["validate", "frames", "features", "train"], "reused"),
+        "evaluate": "rerun",
+    }
     assert (repo / "mlflow.db").is_file()  # no secrets: a throwaway local registry
 
     # What pr-comment.yml downloads: the upload step's files, rendered as that workflow does.

@@ -32,12 +32,21 @@ _FETCH_HELP = "If this (shallow) clone lacks the base, fetch it: git fetch --dep
 )
 @click.option("--fetch", is_flag=True, help=_FETCH_HELP)
 @click.option("--pipeline", help=_PIPELINE_HELP)
-def report_command(base_ref: str | None, out: Path, fetch: bool, pipeline: str | None) -> None:
+@click.option(
+    "--repro-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="What this build's `dvc repro` printed: the stage table then says which changed "
+    "stages ran, which DVC restored from its run-cache, and which neither.",
+)
+def report_command(
+    base_ref: str | None, out: Path, fetch: bool, pipeline: str | None, repro_log: Path | None
+) -> None:
     """Write the PR report: gate verdict, metrics vs base and champion, params, plots, stages."""
     from branchflow.report.compare import default_base
     from branchflow.report.document import write_report
 
-    verdict = write_report(here(), out, base_ref or default_base(), fetch=fetch, pipeline=pipeline)
+    base = base_ref or default_base()
+    verdict = write_report(here(), out, base, fetch=fetch, pipeline=pipeline, repro_log=repro_log)
     click.echo(f"wrote {out}: gate {'passed' if verdict.passed else 'failed'}")
 
 

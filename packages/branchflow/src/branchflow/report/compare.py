@@ -438,11 +438,15 @@ def changed_params(repo: Repo, base: Base) -> list[ParamChange]:
 
 
 def stage_changes(
-    root: Path, base: Base, lockfiles: Collection[str] | None = None
+    root: Path, base: Base, lockfiles: Collection[str] | None = None, log: str | None = None
 ) -> list[StageChange]:
     """Each stage of the workspace's `dvc.lock` files (`lockfiles`, else every one) against
     the base's: unchanged (`reused`), or rerun and why. A lock entry of a stage its dvc.yaml no
-    longer defines (DVC leaves those behind) is no stage, here or at the base."""
+    longer defines (DVC leaves those behind) is no stage, here or at the base.
+
+    With `log`, what `dvc repro` printed in this build, a changed stage is `rerun` only if it
+    ran, `restored` if DVC restored it from the run-cache, and `not run` if neither (its lock
+    entry is the one committed)."""
     current = _defined(root, None, _pipeline(root, None, lockfiles))
     old = _defined(root, base.commit, _pipeline(root, base.commit, lockfiles))
     producers = {
@@ -456,7 +460,24 @@ def stage_changes(
         reasons = _why_rerun(entry, old[name], producers)
         changes.append(StageChange(name, "rerun" if reasons else "reused", tuple(reasons)))
     changes += [StageChange(name, "removed", ()) for name in old if name not in current]
-    return changes
+    return changes if log is None else [_as_built(change, log) for change in changes]
+
+
+RAN = re.compile(r"^Running stage '(?P<stage>[^']+)':$", re.MULTILINE)
+RESTORED = re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run", re.MULTILINE)
+
+
+def _as_built(change: StageChange, log: str) -> StageChange:
+    """`change`, a changed stage's status said as this build made it, from DVC's messages (by
+    stage address from the root, as `dvc repro` run there prints them)."""
+    if change.status not in ("rerun", "new"):
+        return change
+    if change.stage in {match["stage"] for match in RAN.finditer(log)}:
+        return change
+    built = (
+        "restored" if change.stage in {m["stage"] for m in RESTORED.finditer(log)} else "not run"
+    )
+    return StageChange(change.stage, built, change.reasons)
 
 
 def data_versions(

@@ -50,10 +50,13 @@ def write_report(
     fetch: bool = False,
     env: Mapping[str, str] = os.environ,
     pipeline: str | None = None,
+    repro_log: Path | None = None,
 ) -> Verdict:
     """Write the report of `pipeline` (default: the model's) for the workspace at `root`: its
     document to `<out stem>.json`, its PNGs to `<out stem>_files/`, and `out`, the markdown
-    rendered from them."""
+    rendered from them. With `repro_log` (what this build's `dvc repro` printed), the stage
+    table says which changed stages ran, which DVC restored from its run-cache, and which
+    neither."""
     if out.suffix == ".json":
         raise BranchflowError(f"--out {out}: name the markdown file (.md); the data goes beside")
     settings = load_settings(root)
@@ -78,6 +81,7 @@ def write_report(
         plots, plot_errors = plotting.result()
     verdict = evaluate(judged.gate, comparison)
     key = key_metric(judged.gate, comparison)
+    log = _read_log(repro_log) if repro_log else None
     data, base_data = data_versions(root, base, {source.dvcfile for source in judged.data})
     document = {
         "schema": SCHEMA,
@@ -92,7 +96,7 @@ def write_report(
         "params": [_param(p) for p in params] if base else None,
         "plots": [_plot(plot, files) for plot in plots],
         "plot_errors": [clean_text(error) for error in plot_errors],
-        "stages": [_stage(s) for s in stage_changes(root, base, judged.lockfiles)]
+        "stages": [_stage(s) for s in stage_changes(root, base, judged.lockfiles, log)]
         if base
         else None,
     }
@@ -101,6 +105,15 @@ def write_report(
     markdown = render(load(source).document, files.name, run_url=context.run_url)
     write_atomic(out, markdown)
     return verdict
+
+
+def _read_log(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise BranchflowError(
+            f"--repro-log {path}: {exc.strerror}; pass the file dvc repro's output went to"
+        ) from None
 
 
 def _verdict(verdict: Verdict) -> dict[str, Any]:

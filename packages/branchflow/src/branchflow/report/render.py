@@ -67,9 +67,13 @@ GATE_EXIT = re.compile(r"(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})\n?")  # 0-255, as a 
 MAX_PR = 10**10
 CONCLUSIONS = ("success", "failure")
 
+# A stage against the base: changed and run, new, changed but its outputs restored from DVC's
+# run-cache, changed but run neither way in this build (its lock entry is the PR's own), ...
 STATUS_WORDS = {
     "rerun": "**rerun**",
     "new": "**new**",
+    "restored": "restored (run-cache)",
+    "not run": "**not run here**",
     "reused": "unchanged",
     "removed": "removed",
 }
