@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench_pipeline import set_param
 from branchflow.paired import Units, paired_interval, read_units
-from branchflow.settings import load_settings
+from branchflow.settings import GateSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"seed 0": {}, "seed 1": {"train.seed": 1}, "seed 2": {"train.seed": 2}}
@@ -46,11 +46,22 @@ def main() -> None:
         gate = load_settings(clone).gate
         assert gate.units is not None
         runs = {name: results(clone, params) for name, params in [*RUNS.items(), REGRESSION]}
-    higher = {name: gate.higher_is_better(name) for name in gate.units.metrics}
-    alarms = detections = pairs = 0
-    for (a, b), (metric, formula) in itertools.product(
-        itertools.permutations(RUNS, 2), gate.units.metrics.items()
-    ):
+    seeds = list(itertools.permutations(RUNS, 2))
+    verdicts = judge(gate, runs, seeds)
+    alarms = sum(verdict != "no detectable change" for verdict in verdicts)
+    print(
+        f"false alarms over seed pairs: {alarms} of {len(verdicts)} ({alarms / len(verdicts):.0%})"
+    )
+    verdicts = judge(gate, runs, [(REGRESSION[0], seed) for seed in RUNS])
+    print(f"regression detected as worse: {verdicts.count('worse')} of {len(verdicts)}")
+    speed(gate.units.metrics)
+
+
+def judge(gate: GateSettings, runs: dict[str, Units], pairs: list[tuple[str, str]]) -> list[str]:
+    """Each metric's paired verdict for each (branch, reference) pair, printed with its interval."""
+    assert gate.units is not None
+    verdicts = []
+    for (a, b), (metric, formula) in itertools.product(pairs, gate.units.metrics.items()):
         interval = paired_interval(
             runs[a],
             runs[b],
@@ -59,33 +70,12 @@ def main() -> None:
             confidence=gate.units.confidence,
         )
         assert interval is not None
-        verdict = interval.verdict(higher[metric])
-        pairs += 1
-        alarms += verdict != "no detectable change"
+        verdicts.append(interval.verdict(gate.higher_is_better(metric)))
         print(
             f"{metric} {a} vs {b}: {interval.change:+.4f} [{interval.low:+.4f}, "
-            f"{interval.high:+.4f}] {verdict}"
+            f"{interval.high:+.4f}] {verdicts[-1]}"
         )
-    print(f"false alarms over seed pairs: {alarms} of {pairs} ({alarms / pairs:.0%})")
-    regressed = REGRESSION[0]
-    for seed, (metric, formula) in itertools.product(RUNS, gate.units.metrics.items()):
-        interval = paired_interval(
-            runs[regressed],
-            runs[seed],
-            formula,
-            resamples=gate.units.resamples,
-            confidence=gate.units.confidence,
-        )
-        assert interval is not None
-        verdict = interval.verdict(higher[metric])
-        detections += verdict == "worse"
-        print(
-            f"{metric} {regressed} vs {seed}: {interval.change:+.4f} [{interval.low:+.4f}, "
-            f"{interval.high:+.4f}] {verdict}"
-        )
-    total = len(RUNS) * len(gate.units.metrics)
-    print(f"regression detected as worse: {detections} of {total}")
-    speed(gate.units.metrics)
+    return verdicts
 
 
 def speed(metrics: dict) -> None:

@@ -123,12 +123,7 @@ def promote(
     `model_uri` is `models:/<name>@<alias>` or `models:/<name>/<version>`. A version of the
     production model itself is made champion without a copy.
     """
-    match = MODELS_URI.fullmatch(model_uri)
-    if match is None:
-        raise BranchflowError(
-            f"{model_uri!r} is not a model version URI; use models:/<name>@<alias> "
-            "or models:/<name>/<version>"
-        )
+    match = model_uri_parts(model_uri)
     settings, context, store, client = open_registry(root, env)
     if settings.production.declared:
         raise BranchflowError(
@@ -153,6 +148,17 @@ def promote(
             )
             write(move)
     return move
+
+
+def model_uri_parts(model_uri: str) -> re.Match[str]:
+    """`models:/<name>@<alias>` or `models:/<name>/<version>`, parsed; else a one-line error."""
+    match = MODELS_URI.fullmatch(model_uri)
+    if match is None:
+        raise BranchflowError(
+            f"{model_uri!r} is not a model version URI; use models:/<name>@<alias> "
+            "or models:/<name>/<version>"
+        )
+    return match
 
 
 def copied_from(version: ModelVersion) -> str:

@@ -23,11 +23,11 @@ from pathlib import Path
 from branchflow.errors import BranchflowError
 from branchflow.registry.champion import (
     CHAMPION,
-    MODELS_URI,
     Move,
     copied_from,
     copy_to_production,
     denied,
+    model_uri_parts,
     moving,
     named_version,
     new_move,
@@ -109,12 +109,7 @@ class Declaration:
 def declare(root: Path, model_uri: str, env: Mapping[str, str] = os.environ) -> Declaration:
     """Copy the version `model_uri` names into the production model (once) and write the copy's
     pin to the declaration file; nothing moves until the change is merged and reconciled."""
-    match = MODELS_URI.fullmatch(model_uri)
-    if match is None:
-        raise BranchflowError(
-            f"{model_uri!r} is not a model version URI; use models:/<name>@<alias> "
-            "or models:/<name>/<version>"
-        )
+    match = model_uri_parts(model_uri)
     settings, context, store, client = open_registry(root, env)
     path = declared_file(settings)
     production = names_for(context, settings).production_model
