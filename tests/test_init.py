@@ -388,7 +388,9 @@ def test_with_production_declared_promotion_is_a_pull_request_and_merges_reconci
     reconcile = found["reconcile.yml"]
     assert reconcile["on"]["push"] == {"branches": ["main"], "paths": ["models/production.json"]}
     job = reconcile["jobs"]["reconcile"]
-    assert job["environment"] == "production" and job["permissions"] == {"contents": "read"}
+    issues = {} if restore else {"issues": "write"}  # the drift check opens an issue
+    assert job["environment"] == "production"
+    assert job["permissions"] == {"contents": "read", **issues}
     runs = {
         step.get("name"): (step.get("if"), step["run"]) for step in job["steps"] if "run" in step
     }
@@ -399,10 +401,12 @@ def test_with_production_declared_promotion_is_a_pull_request_and_merges_reconci
             "github.event_name != 'schedule'",
             "branchflow reconcile --restore",
         )
-        assert runs["Check for drift"] == (
-            "github.event_name == 'schedule'",
-            "branchflow reconcile",
-        )
+        condition, script = runs["Check for drift"]
+        assert condition == "github.event_name == 'schedule'"
+        assert 'branchflow reconcile > "$RUNNER_TEMP/drift.txt" || status=$?' in script
+        issue = runs["Open an issue about the drift"]
+        assert issue[0] == "failure() && steps.drift.outputs.status == '1'"
+        assert issue[1].startswith("gh issue create ")
     assert ("retrain.yml" in found) == (project == "example")
     for name, job_name in [("promote.yml", "declare"), ("retrain.yml", "promote")]:
         if name not in found:
