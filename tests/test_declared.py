@@ -125,6 +125,14 @@ def test_champion_follows_the_declaration_through_merges_drift_and_a_revert(
         f"drift: {PRODUCTION}@{CHAMPION} is 1, but {DECLARED} declares 2; "
         "`branchflow reconcile --restore` moves it back"
     )
+    declaration = (repo / DECLARED).read_text()
+    repinned = branchflow(repo, "pin", "--out", DECLARED, env=on("main", **release))
+    assert repinned.returncode == 3, repinned.stdout
+    assert repinned.stderr.strip() == (
+        f"error: {DECLARED} declares production (version 2), but @{CHAMPION} is version 1: "
+        "run `branchflow reconcile --restore`, or promote with --declare"
+    )
+    assert (repo / DECLARED).read_text() == declaration
     assert branchflow(repo, "reconcile", "--restore", env=on("main", **release)).returncode == 0
     assert champion_of(auth_server) == "2"
 

@@ -53,8 +53,25 @@ def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin
                 f"{production} has no @{CHAMPION} to pin; promote a version first "
                 "(branchflow promote models:/<model>@candidate)"
             )
+        declared = settings.production.declared
+        if declared and out.resolve() == (root / declared).resolve():
+            _check_declared(root, declared, str(champion.version))
         found = Pin(production, str(champion.version), checked_sha256(champion))
     return found, write_pin(out, found)
+
+
+def _check_declared(root: Path, path: str, champion: str) -> None:
+    """Refuse to rewrite the declaration of production with a champion it does not name: that
+    champion was moved outside git, and the file is what decides."""
+    try:
+        declared = json.loads((root / path).read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return  # no declaration yet, or not one: `pin` writes it
+    if declared != champion:
+        raise BranchflowError(
+            f"{path} declares production (version {declared}), but @{CHAMPION} is version "
+            f"{champion}: run `branchflow reconcile --restore`, or promote with --declare"
+        )
 
 
 def tagged_sha256(version: ModelVersion) -> str | None:
