@@ -13,9 +13,7 @@ git is drift, a verdict (exit 1).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from branchflow.registry.champion import (
     Move,
     copied_from,
     copy_to_production,
+    current_champion,
     denied,
     model_uri_parts,
     moving,
@@ -34,13 +33,11 @@ from branchflow.registry.champion import (
     require_edit,
 )
 from branchflow.registry.client import open_registry
-from branchflow.registry.pin import Pin, checked_sha256, write_pin
+from branchflow.registry.pin import Pin, checked_sha256, read_pin, write_pin
 from branchflow.settings import PRODUCTION_SECTION, Settings
 from branchflow.tracking import mlflow_errors
 from branchflow.workspace.git import git
 from branchflow.workspace.naming import names_for
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -69,30 +66,14 @@ def declared_file(settings: Settings) -> str:
 
 
 def read_declared(root: Path, path: str, production: str) -> Pin:
-    """The pin in `path`, checked: the production model's name, a version, a sha256."""
-    try:
-        document = json.loads((root / path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    """The pin in the declaration file `path`, checked (`read_pin`); an error when it is missing."""
+    pin = read_pin(root, path, production)
+    if pin is None:
         raise BranchflowError(
             f"{path} not found: production is declared there; `branchflow promote --declare` "
             "writes it"
-        ) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BranchflowError(f"{path}: not JSON ({exc}); restore it from git") from None
-    fields = {"name", "version", "sha256"}
-    if not isinstance(document, dict) or set(document) != fields:
-        raise BranchflowError(f"{path}: must hold exactly name, version and sha256")
-    name, version, sha = (document[key] for key in ("name", "version", "sha256"))
-    if name != production:
-        raise BranchflowError(
-            f"{path}: names {name!r}, but the production model is {production!r}; only a "
-            "version of the production model can be declared"
         )
-    if not (isinstance(version, str) and version.isdigit()):
-        raise BranchflowError(f"{path}: version must be a version number as text, got {version!r}")
-    if not (isinstance(sha, str) and SHA256.fullmatch(sha)):
-        raise BranchflowError(f"{path}: sha256 must be 64 hex digits, got {sha!r}")
-    return Pin(name, version, sha)
+    return pin
 
 
 @dataclass(frozen=True)
@@ -121,9 +102,7 @@ def declare(root: Path, model_uri: str, env: Mapping[str, str] = os.environ) -> 
         else:
             copy = copy_to_production(client, store, source, production)
         pin = Pin(production, str(copy.version), checked_sha256(copy))
-        registered = client.get_registered_model(production)
-        number = registered.aliases.get(CHAMPION)
-        champion = client.get_model_version(production, number) if number else None
+        champion = current_champion(client, production)
         metrics = {
             side: client.get_run(version.run_id).data.metrics if version and version.run_id else {}
             for side, version in (("champion", champion), ("declared", copy))

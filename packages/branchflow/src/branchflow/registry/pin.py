@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,9 @@ from branchflow.workspace.naming import names_for
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -55,23 +59,46 @@ def pin(root: Path, out: Path, env: Mapping[str, str] = os.environ) -> tuple[Pin
             )
         declared = settings.production.declared
         if declared and out.resolve() == (root / declared).resolve():
-            _check_declared(root, declared, str(champion.version))
+            _check_declared(root, declared, production, str(champion.version))
         found = Pin(production, str(champion.version), checked_sha256(champion))
     return found, write_pin(out, found)
 
 
-def _check_declared(root: Path, path: str, champion: str) -> None:
+def _check_declared(root: Path, path: str, production: str, champion: str) -> None:
     """Refuse to rewrite the declaration of production with a champion it does not name: that
     champion was moved outside git, and the file is what decides."""
-    try:
-        declared = json.loads((root / path).read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):
-        return  # no declaration yet, or not one: `pin` writes it
-    if declared != champion:
+    declared = read_pin(root, path, production)
+    if declared is not None and declared.version != champion:
         raise BranchflowError(
-            f"{path} declares production (version {declared}), but @{CHAMPION} is version "
-            f"{champion}: run `branchflow reconcile --restore`, or promote with --declare"
+            f"{path} declares production (version {declared.version}), but @{CHAMPION} is "
+            f"version {champion}: run `branchflow reconcile --restore`, or promote with --declare"
         )
+
+
+def read_pin(root: Path, path: str, production: str) -> Pin | None:
+    """The pin in `path` (None: no such file), checked: exactly the production model's name,
+    a version number and a sha256."""
+    try:
+        document = json.loads((root / path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BranchflowError(f"{path}: not JSON ({exc}); restore it from git") from None
+    if not isinstance(document, dict) or set(document) != {f.name for f in fields(Pin)}:
+        raise BranchflowError(f"{path}: must hold exactly name, version and sha256")
+    pin = Pin(**document)
+    if pin.name != production:
+        raise BranchflowError(
+            f"{path}: names {pin.name!r}, but the production model is {production!r}; only a "
+            "version of the production model can be declared"
+        )
+    if not (isinstance(pin.version, str) and pin.version.isdigit()):
+        raise BranchflowError(
+            f"{path}: version must be a version number as text, got {pin.version!r}"
+        )
+    if not (isinstance(pin.sha256, str) and SHA256.fullmatch(pin.sha256)):
+        raise BranchflowError(f"{path}: sha256 must be 64 hex digits, got {pin.sha256!r}")
+    return pin
 
 
 def tagged_sha256(version: ModelVersion) -> str | None:

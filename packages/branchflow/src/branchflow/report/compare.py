@@ -460,23 +460,23 @@ def stage_changes(
         reasons = _why_rerun(entry, old[name], producers)
         changes.append(StageChange(name, "rerun" if reasons else "reused", tuple(reasons)))
     changes += [StageChange(name, "removed", ()) for name in old if name not in current]
-    return changes if log is None else [_as_built(change, log) for change in changes]
+    if log is None:
+        return changes
+    ran = {match["stage"] for match in RAN.finditer(log)}
+    restored = {match["stage"] for match in RESTORED.finditer(log)}
+    return [_as_built(change, ran, restored) for change in changes]
 
 
 RAN = re.compile(r"^Running stage '(?P<stage>[^']+)':$", re.MULTILINE)
 RESTORED = re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run", re.MULTILINE)
 
 
-def _as_built(change: StageChange, log: str) -> StageChange:
-    """`change`, a changed stage's status said as this build made it, from DVC's messages (by
-    stage address from the root, as `dvc repro` run there prints them)."""
-    if change.status not in ("rerun", "new"):
+def _as_built(change: StageChange, ran: set[str], restored: set[str]) -> StageChange:
+    """`change`, a changed stage's status said as this build made it: the stages DVC printed it
+    `ran` and `restored` (addresses from the root, as `dvc repro` run there prints them)."""
+    if change.status not in ("rerun", "new") or change.stage in ran:
         return change
-    if change.stage in {match["stage"] for match in RAN.finditer(log)}:
-        return change
-    built = (
-        "restored" if change.stage in {m["stage"] for m in RESTORED.finditer(log)} else "not run"
-    )
+    built = "restored" if change.stage in restored else "not run"
     return StageChange(change.stage, built, change.reasons)
 
 
